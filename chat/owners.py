@@ -1,0 +1,78 @@
+"""Who a request acts for: an account, an anonymous visitor, or an API key (or nobody)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import uuid
+
+from django.conf import settings
+
+VISITOR_SESSION_KEY = "chatglm_visitor"
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    user_id: int | None = None
+    visitor: uuid.UUID | None = None
+    api_key: str = ""  # the key's name, never the key itself
+    # A program on an open API (no CHATGLM_API_KEYS): it shares the key-less API conversations.
+    open_api: bool = False
+
+    @property
+    def is_person(self) -> bool:
+        """A browser user (account or anonymous session), as opposed to a program."""
+        return self.user_id is not None or self.visitor is not None
+
+    @property
+    def label(self) -> str:
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
+        if self.visitor is not None:
+            return f"visitor:{self.visitor}"
+        if self.api_key:
+            return f"key:{self.api_key}"
+        return "open-api" if self.open_api else "nobody"
+
+
+def api_keys() -> dict[str, str]:
+    """CHATGLM_API_KEYS as {key: name}. Entries are `name:key` or a bare `key` (named by its prefix)."""
+    keys = {}
+    for entry in settings.CHATGLM["API_KEYS"]:
+        name, sep, key = entry.partition(":")
+        if not sep:
+            name, key = f"key-{entry[:6]}", entry
+        keys[key] = name
+    return keys
+
+
+def api_key_name(presented: str) -> str | None:
+    """The name of the configured key equal to `presented`, compared in constant time."""
+    found = None
+    for key, name in api_keys().items():
+        if hmac.compare_digest(key.encode(), presented.encode()):
+            found = name
+    return found
+
+
+def bearer_token(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def session_owner(user, session, create: bool) -> Owner:
+    """The browser owner: the logged-in account, else the session's visitor UUID.
+
+    With `create`, a visitor UUID is put in the session (the caller must save the session
+    before the response starts, or the cookie never reaches the browser).
+    """
+    if user is not None and user.is_authenticated:
+        return Owner(user_id=user.pk)
+    raw = await session.aget(VISITOR_SESSION_KEY)
+    if raw is None:
+        if not create:
+            return Owner()
+        raw = str(uuid.uuid4())
+        await session.aset(VISITOR_SESSION_KEY, raw)
+        await session.asave()
+    return Owner(visitor=uuid.UUID(raw))

@@ -1,0 +1,3 @@
+"""WebSocket URL patterns (the consumer lives in chat/consumers/)."""
+
+websocket_urlpatterns = []

@@ -1,0 +1,316 @@
+"""One chat turn, shared by every protocol: history in, engine stream, persistence out.
+
+`start_turn()` checks ownership, reads the saved history, trims it to fit, admits the
+request to the engine, saves the user's message (before any token is generated) and a
+placeholder for the answer, and starts a runner task that owns the generation from then on.
+The runner saves the answer when it ends (completed, cancelled or failed), whoever is
+listening: an SSE client that disconnects cancels the turn, a browser WebSocket that closes
+does not, and either way the outcome is stored. Adapters read `turn.events()`: the events so
+far, then live ones, so a second tab or a reloaded page can attach mid-answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from .engine import (
+    EngineOverloaded,
+    EngineUnavailable,
+    GenerationParams,
+    GenerationResult,
+    QueuePosition,
+    Started,
+    TextDelta,
+    get_engine,
+)
+from .errors import ChatError, not_found
+from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
+from .owners import Owner
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+
+
+@dataclasses.dataclass
+class TurnInput:
+    owner: Owner
+    source: str
+    query: str
+    params: GenerationParams = GenerationParams()
+    history: list[Pair] | None = None  # given by the client (seed API); None with a conversation
+    conversation_id: uuid.UUID | None = None
+    system_prompt: str | None = None  # None: the conversation's own (if any)
+    store: bool = True  # False: run the turn without saving it (CHATGLM_STORE_API_TURNS=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnDone:
+    """The last event of a turn: the engine's result plus where it was stored."""
+
+    result: GenerationResult
+    conversation_id: str | None
+    message_id: int | None
+
+
+TurnEvent = QueuePosition | Started | TextDelta | TurnDone
+
+_live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching and per-owner limits
+_runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
+
+
+class Turn:
+    """A running (or finished) turn. Read it with `events()`; stop it with `cancel()`."""
+
+    def __init__(self, inp: TurnInput, history: list[Pair], history_truncated: int, request):
+        self.id = uuid.uuid4().hex
+        self.input = inp
+        self.owner = inp.owner
+        self.query = inp.query
+        self.history = history  # the whole history, as returned to seed clients
+        self.history_truncated = history_truncated
+        self.conversation_id: str | None = None
+        self.user_message_id: int | None = None
+        self.message_id: int | None = None
+        self.text = ""
+        self.done: TurnDone | None = None
+        self._request = request
+        self._log: list[TurnEvent] = []
+        self._changed = asyncio.Condition()
+
+    def cancel(self) -> None:
+        """Stop generating (at the next decode step); what was produced is kept, as cancelled."""
+        if self.done is None:
+            self._request.cancel()
+
+    @property
+    def finished(self) -> bool:
+        return self.done is not None
+
+    async def events(self, replay: bool = True) -> AsyncIterator[TurnEvent]:
+        """Every event of the turn from the start (or from now), until TurnDone."""
+        index = 0 if replay else len(self._log)
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self._log) > index)
+                batch = self._log[index:]
+            index += len(batch)
+            for event in batch:
+                yield event
+                if isinstance(event, TurnDone):
+                    return
+
+    async def _publish(self, event: TurnEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.text += event.text
+        async with self._changed:
+            self._log.append(event)
+            self._changed.notify_all()
+
+    async def _run(self) -> None:
+        result = None
+        try:
+            async for event in self._request.events():
+                if isinstance(event, GenerationResult):
+                    result = event
+                else:
+                    await self._publish(event)
+        except asyncio.CancelledError:
+            self._request.cancel()
+            raise
+        finally:
+            if result is None:  # cancelled from outside: record what was produced
+                result = GenerationResult(text=self.text, finish_reason="cancelled")
+            if self.message_id is not None:
+                try:
+                    await _save_answer(self.message_id, result, self.input.params)
+                except Exception:  # noqa: BLE001 - the turn must still end for its listeners
+                    log.exception("could not save the answer of turn %s", self.id)
+            if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
+                del _live_turns[self.conversation_id]
+            self.done = TurnDone(result, self.conversation_id, self.message_id)
+            await self._publish(self.done)
+
+
+def live_turn(conversation_id: str) -> Turn | None:
+    """The turn generating in this conversation in this process, if any."""
+    return _live_turns.get(str(conversation_id))
+
+
+def running_turns(owner: Owner) -> int:
+    return sum(1 for t in _live_turns.values() if t.owner == owner and not t.finished)
+
+
+async def start_turn(inp: TurnInput) -> Turn:
+    """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
+    engine = get_engine()
+    if not engine.ready:
+        try:
+            await asyncio.to_thread(engine.wait_ready, 600)
+        except EngineUnavailable as exc:
+            raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+
+    conversation = None
+    if inp.conversation_id is not None:
+        conversation, history = await _saved_history(inp.owner, inp.conversation_id)
+        if live_turn(str(conversation.id)) is not None:
+            raise ChatError(
+                "An answer is still being generated in this conversation.",
+                status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
+            )
+    else:
+        history = list(inp.history or [])
+    limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
+    if inp.owner.is_person and limit and running_turns(inp.owner) >= limit:
+        raise ChatError(
+            f"You already have {limit} answers being generated; wait for one to finish or stop it.",
+            status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
+        )
+
+    system_prompt = inp.system_prompt if inp.system_prompt is not None else (conversation.system_prompt if conversation else "")
+    messages, truncated = fit_history(engine, system_prompt, history, inp.query, inp.params)
+    try:
+        request = engine.submit(messages, inp.params)
+    except EngineOverloaded as exc:
+        raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
+    except EngineUnavailable as exc:
+        raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+
+    turn = Turn(inp, history, truncated, request)
+    if inp.store:
+        try:
+            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id)
+        except BaseException:
+            request.cancel()
+            raise
+        turn.conversation_id, turn.user_message_id, turn.message_id = ids
+        _live_turns[turn.conversation_id] = turn
+    task = asyncio.get_running_loop().create_task(turn._run(), name=f"turn-{turn.id}")
+    _runner_tasks.add(task)
+    task.add_done_callback(_runner_tasks.discard)
+    return turn
+
+
+def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams):
+    """Chat messages for the model, and how many of the oldest pairs were left out.
+
+    At most CHATGLM_MAX_HISTORY pairs, and fewer when the prompt would not leave room for
+    the answer in the model's context (oldest pairs go first).
+    """
+    max_pairs = max(0, settings.CHATGLM["MAX_HISTORY"])
+    kept = history[len(history) - max_pairs :] if max_pairs else []
+    context = engine.info.context_length
+    answer_room = params.max_new_tokens or min(512, context // 4)
+    while True:
+        messages = to_messages(system_prompt, kept, query)
+        if not kept or engine.count_prompt_tokens(messages) + answer_room <= context:
+            return messages, len(history) - len(kept)
+        kept = kept[1:]
+
+
+def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for question, answer in history:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": query})
+    return messages
+
+
+# -- persistence ------------------------------------------------------------------------------
+
+
+@sync_to_async
+def _saved_history(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, list[Pair]]:
+    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
+    if conversation is None:
+        raise not_found()
+    return conversation, history_of(conversation)
+
+
+def history_of(conversation: Conversation) -> list[Pair]:
+    """(question, answer) pairs of a saved conversation; unanswered questions are left out."""
+    pairs, question = [], None
+    for role, content in conversation.messages.filter(role__in=[Role.USER, Role.ASSISTANT]).values_list("role", "content"):
+        if role == Role.USER:
+            question = content
+        elif question is not None:
+            if content:
+                pairs.append((question, content))
+            question = None
+    return pairs
+
+
+def title_from(query: str) -> str:
+    title = " ".join(query.split())
+    return title if len(title) <= 80 else title[:79].rstrip() + "…"
+
+
+@sync_to_async
+def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str):
+    """Save the question and an empty answer marked as generating; return their ids."""
+    with transaction.atomic():
+        if conversation is None:
+            owner = inp.owner
+            conversation = Conversation.objects.create(
+                user_id=owner.user_id, visitor=owner.visitor, api_key_name=owner.api_key,
+                title=title_from(inp.query)[:TITLE_MAX_LENGTH], source=inp.source, model=model_id,
+                system_prompt=system_prompt,
+            )
+            position = 0
+            if system_prompt:
+                Message.objects.create(conversation=conversation, position=0, role=Role.SYSTEM, content=system_prompt)
+                position = 1
+            rows = []
+            for question, answer in history:  # a seed client's history becomes part of the record
+                rows += [
+                    Message(conversation=conversation, position=position, role=Role.USER, content=question),
+                    Message(conversation=conversation, position=position + 1, role=Role.ASSISTANT,
+                            content=answer, finish_reason=FinishReason.STOP),
+                ]
+                position += 2
+            Message.objects.bulk_create(rows)
+        else:
+            last = conversation.messages.aggregate(last=Max("position"))["last"]
+            position = 0 if last is None else last + 1
+            if not conversation.title:
+                conversation.title = title_from(inp.query)[:TITLE_MAX_LENGTH]
+            conversation.model = model_id
+            conversation.save(update_fields=["title", "model", "updated_at"])
+        question = Message.objects.create(conversation=conversation, position=position, role=Role.USER, content=inp.query)
+        answer = Message.objects.create(
+            conversation=conversation, position=position + 1, role=Role.ASSISTANT,
+            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(),
+        )
+    return str(conversation.id), question.pk, answer.pk
+
+
+@sync_to_async
+def _save_answer(message_id: int, result: GenerationResult, params: GenerationParams) -> None:
+    with transaction.atomic():
+        Message.objects.filter(pk=message_id).update(
+            content=result.text,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            time_to_first_token=result.time_to_first_token,
+            duration=result.duration,
+            error=result.error,
+        )
+        Conversation.objects.filter(messages__pk=message_id).update(updated_at=timezone.now())
+
+
+def mark_interrupted_answers() -> int:
+    """At start-up: answers left 'generating' by a crashed process are marked as errors."""
+    return Message.objects.filter(role=Role.ASSISTANT, finish_reason=FinishReason.GENERATING).update(
+        finish_reason=FinishReason.ERROR, error="The server stopped while this answer was being generated."
+    )

@@ -1,0 +1,71 @@
+"""Server-Sent Events plumbing shared by /stream and /v1/chat/completions.
+
+The body of a StreamingHttpResponse must be an async generator (a sync one is buffered
+whole under ASGI, PITFALLS #1) and must never raise once it has started: under Daphne an
+exception there hangs the client and kills Daphne's application checker (PITFALLS #3). So
+every stream body catches everything, reports it as an event and ends normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from django.http import StreamingHttpResponse
+
+PING = object()  # yielded by `with_heartbeat` after a silence
+
+
+def event(name: str | None, data) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    head = f"event: {name}\n" if name else ""
+    return f"{head}data: {payload}\n\n"
+
+
+def comment(text: str) -> str:
+    """An SSE comment line: clients ignore it, proxies see traffic and keep the stream open."""
+    return f": {text}\n\n"
+
+
+def response(body: AsyncIterator[str]) -> StreamingHttpResponse:
+    resp = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+    resp["Cache-Control"] = "no-cache"
+    resp["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return resp
+
+
+async def with_heartbeat(events: AsyncIterator, interval: float) -> AsyncIterator:
+    """Yield from `events`, and PING whenever nothing came for `interval` seconds.
+
+    A reader task feeds a queue so that a timeout never cancels the source iterator itself
+    (an async generator cannot resume after a cancellation thrown into it).
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def read():
+        try:
+            async for item in events:
+                await queue.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+            await queue.put(exc)
+        else:
+            await queue.put(end)
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    item = await queue.get()
+            except TimeoutError:
+                yield PING
+                continue
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        reader.cancel()

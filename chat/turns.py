@@ -82,7 +82,7 @@ class Turn:
         self.conversation_id: str | None = None
         self.user_message_id: int | None = None
         self.message_id: int | None = None
-        self.text = ""
+        self.text = ""  # everything generated so far (a replaying reader may be behind it)
         self.done: TurnDone | None = None
         self._request = request
         self._log: list[TurnEvent] = []

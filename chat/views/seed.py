@@ -100,6 +100,7 @@ async def stream(request):
 
 
 async def _stream_body(turn):
+    response = ""  # the answer so far as this client has seen it (turn.text may be further on)
     try:
         async for event in sse.with_heartbeat(turn.events(), settings.CHATGLM["PING_SECONDS"]):
             if event is sse.PING:
@@ -107,7 +108,8 @@ async def _stream_body(turn):
             elif isinstance(event, QueuePosition):
                 yield sse.comment(f"queued position={event.position}")
             elif isinstance(event, TextDelta):
-                yield sse.event("delta", {"delta": event.text, "response": turn.text, "finished": False})
+                response += event.text
+                yield sse.event("delta", {"delta": event.text, "response": response, "finished": False})
             elif isinstance(event, TurnDone):
                 if event.result.finish_reason == "error":
                     yield sse.event("error", {**SEED_ENVELOPE, "error": generation_failed(event).as_dict()})

@@ -1,0 +1,91 @@
+"""`manage.py serve`: the seed's flags, the model loaded and warmed up, then Daphne.
+
+Daphne has no lifespan events (PITFALLS #16), so the model is loaded here, before the
+server accepts its first connection, instead of on the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from chat.engine import EngineUnavailable, get_engine
+from chat.engine.backends import check_model_exists
+from chat.engine.config import QUANTIZE_BITS, ConfigError, EngineConfig
+
+log = logging.getLogger("chat.serve")
+
+# Flag -> environment variable: the flags are a way to set the same configuration.
+FLAG_ENV = {
+    "model": "CHATGLM_MODEL",
+    "backend": "CHATGLM_BACKEND",
+    "device": "CHATGLM_DEVICE",
+    "quantize": "CHATGLM_QUANTIZE",
+    "upstream_url": "CHATGLM_UPSTREAM_URL",
+}
+
+
+class Command(BaseCommand):
+    help = "Load the model and serve the site (HTTP, SSE, WebSocket) with Daphne."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, default=8800, help="port (default 8800)")
+        parser.add_argument("--quantize", type=int, choices=QUANTIZE_BITS,
+                            help="weight bits: 16 (none), 8 or 4 (env CHATGLM_QUANTIZE)")
+        parser.add_argument("--device", type=int, help="-1 = CPU, N = GPU N (env CHATGLM_DEVICE)")
+        parser.add_argument("--model", help="model directory, .gguf file, 'fake', or unset for the embedded default")
+        parser.add_argument("--backend", help="auto, transformers, chatglm, openai or fake (env CHATGLM_BACKEND)")
+        parser.add_argument("--upstream-url", dest="upstream_url", help="an OpenAI-compatible server to forward to")
+
+    def handle(self, *args, **options):
+        for flag, env in FLAG_ENV.items():
+            if options.get(flag) is not None:
+                os.environ[env] = str(options[flag])
+        try:
+            config = EngineConfig.from_env()
+            check_model_exists(config)
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from None
+        if not 1 <= options["port"] <= 65535:
+            raise CommandError(f"--port must be between 1 and 65535, not {options['port']}")
+
+        from chat.turns import mark_interrupted_answers
+
+        interrupted = mark_interrupted_answers()
+        if interrupted:
+            self.stdout.write(f"Marked {interrupted} interrupted answer(s) from a previous run as errors.")
+
+        self.stdout.write(f"Loading model {config.model!r} (backend {config.backend}, device {config.device})…")
+        started = time.monotonic()
+        try:
+            info = get_engine().wait_ready()
+        except EngineUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"Model {info.model_id} ready in {time.monotonic() - started:.1f} s: backend {info.backend}, "
+            f"device {info.device}, {info.dtype or 'n/a'}; weights from {info.source}"
+        )
+        self._run_daphne(options["host"], options["port"])
+
+    def _run_daphne(self, host: str, port: int) -> None:
+        from daphne.endpoints import build_endpoint_description_strings
+        from daphne.server import Server
+
+        from chatglm_site.asgi import application
+
+        shown = f"[{host}]" if ":" in host else host
+        self.stdout.write(f"Open http://{shown}:{port}/ in a browser (Ctrl+C stops the server).")
+        self.stdout.flush()
+        Server(
+            application=application,
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            http_timeout=None,  # streams last as long as the answer
+            websocket_timeout=86400,
+            application_close_timeout=10,
+            verbosity=0,
+            server_name="chatglm-django",
+        ).run()

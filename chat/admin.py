@@ -1,0 +1,139 @@
+"""Inspection of saved conversations: who, which model, how many messages and tokens, when.
+
+The changelist's numbers come from one annotated query (no query per row); messages are
+read-only here: the record of what was generated is not edited after the fact.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import Count, Max, Q, Sum
+from django.http import HttpResponse
+from django.utils import timezone
+from django.utils.text import Truncator
+
+from . import exports, selectors
+from .models import Conversation, Message
+
+
+class OwnerKindFilter(admin.SimpleListFilter):
+    title = "owner kind"
+    parameter_name = "owner"
+
+    KINDS = {
+        "user": Q(user__isnull=False),
+        "anonymous": Q(user__isnull=True, visitor__isnull=False),
+        "api_key": Q(user__isnull=True, visitor__isnull=True) & ~Q(api_key_name=""),
+        "none": Q(user__isnull=True, visitor__isnull=True, api_key_name=""),
+    }
+
+    def lookups(self, request, model_admin):
+        return [("user", "Account"), ("anonymous", "Anonymous visitor"), ("api_key", "API key"), ("none", "None (open API)")]
+
+    def queryset(self, request, queryset):
+        condition = self.KINDS.get(self.value())
+        return queryset.filter(condition) if condition is not None else queryset
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    fields = readonly_fields = (
+        "position", "role", "content", "finish_reason", "prompt_tokens", "completion_tokens",
+        "time_to_first_token", "duration", "error", "created_at",
+    )
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("position",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = (
+        "display_title", "owner", "source", "model", "message_count", "prompt_tokens", "completion_tokens",
+        "last_message_at", "updated_at",
+    )
+    list_select_related = ("user",)
+    list_filter = ("source", "model", OwnerKindFilter, "created_at")
+    search_fields = ("title", "messages__content")
+    date_hierarchy = "created_at"
+    ordering = ("-updated_at",)
+    list_per_page = 50
+    readonly_fields = ("id", "user", "visitor", "api_key_name", "source", "model", "created_at", "updated_at")
+    fields = ("id", "title", "user", "visitor", "api_key_name", "source", "model", "system_prompt", "settings",
+              "created_at", "updated_at")
+    inlines = (MessageInline,)
+    actions = ("export_as_json",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            message_count=Count("messages"),
+            prompt_tokens=Sum("messages__prompt_tokens"),
+            completion_tokens=Sum("messages__completion_tokens"),
+            last_message_at=Max("messages__created_at"),
+        )
+
+    @admin.display(description="title", ordering="title")
+    def display_title(self, obj):
+        return obj.title or "(untitled)"
+
+    @admin.display(description="owner")
+    def owner(self, obj):
+        return obj.owner_label
+
+    @admin.display(description="messages", ordering="message_count")
+    def message_count(self, obj):
+        return obj.message_count
+
+    @admin.display(description="prompt tokens", ordering="prompt_tokens")
+    def prompt_tokens(self, obj):
+        return obj.prompt_tokens or 0
+
+    @admin.display(description="completion tokens", ordering="completion_tokens")
+    def completion_tokens(self, obj):
+        return obj.completion_tokens or 0
+
+    @admin.display(description="last message", ordering="last_message_at")
+    def last_message_at(self, obj):
+        return obj.last_message_at
+
+    @admin.action(description="Export selected as JSON")
+    def export_as_json(self, request, queryset):
+        conversations = selectors.conversations_for_export(Conversation.objects.filter(pk__in=queryset.values("pk")))
+        response = HttpResponse(exports.conversations_json(conversations), content_type="application/json; charset=utf-8")
+        name = f"conversations-{timezone.now():%Y%m%d-%H%M%S}.json"
+        response["Content-Disposition"] = exports.attachment_header(name)
+        return response
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    """Read-only: find a message by its content, see how it was generated."""
+
+    list_display = ("short_content", "conversation", "position", "role", "finish_reason", "completion_tokens",
+                    "created_at")
+    list_select_related = ("conversation",)
+    list_filter = ("role", "finish_reason")
+    search_fields = ("content",)
+    raw_id_fields = ("conversation",)
+    ordering = ("-created_at",)
+    list_per_page = 100
+
+    @admin.display(description="content")
+    def short_content(self, obj):
+        return Truncator(obj.content).chars(80) or "(empty)"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -141,7 +141,7 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
     """(system prompt, history pairs, query) from OpenAI `messages`.
 
     - `system` (and `developer`, OpenAI's newer name for it) messages, wherever they are, are
-      joined with blank lines into the system prompt (None when there are none).
+      joined with blank lines into the system prompt (None when there is none).
     - The last message must be a user message: it is the query.
     - The other messages, in order, become (question, answer) pairs. Runs of the same role
       are merged, joined with blank lines, so the model sees every word and the prompt
@@ -152,7 +152,8 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
       before it (a greeting) is paired with an empty question.
     """
     if not isinstance(messages, list):
-        raise invalid("messages", "'messages' must be an array of messages.", "invalid_type" if messages is not None else "missing")
+        code = "missing" if messages is None else "invalid_type"
+        raise invalid("messages", "'messages' must be an array of messages.", code)
     if not messages:
         raise invalid("messages", "'messages' must contain at least one message.", "empty")
     if len(messages) > MAX_MESSAGES:
@@ -194,7 +195,7 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
             question = None
     # After merging, the roles alternate and the last one before the query is an assistant's,
     # so no question is left unanswered.
-    return ("\n\n".join(system) if system else None), history, query
+    return _merge(system) or None, history, query
 
 
 def _merge(texts: list[str]) -> str:

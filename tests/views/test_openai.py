@@ -210,7 +210,7 @@ def test_message_mapping():
 
 def test_message_mapping_merges_runs_of_a_role():
     system, history, query = conversation([
-        m("assistant", "Hello! Ask me."), m("user", "q1"), m("user", "q1b"), m("assistant", "a1"),
+        m("system", ""), m("assistant", "Hello! Ask me."), m("user", "q1"), m("user", "q1b"), m("assistant", "a1"),
         m("assistant", None), m("assistant", "a1b"), m("user", "q2"), m("user", "q2b"),
     ])
     assert system is None

@@ -28,9 +28,10 @@ MAX_HISTORY_PAIRS = 1000
 
 
 def number(data: dict, name: str, param: str | None = None) -> float | int | None:
-    """`data[name]` as a number in its range, or None when absent or null."""
-    value = data.get(name)
+    """Parameter `name` (sent as `param`, when the protocol calls it otherwise) as a number
+    in its range, or None when absent or null."""
     param = param or name
+    value = data.get(param)
     if value is None:
         return None
     integer = name in INTEGER_PARAMS
@@ -62,7 +63,7 @@ def stop_sequences(value: Any, param: str = "stop") -> tuple[str, ...]:
 def generation_params(data: dict, renames: dict[str, str] | None = None) -> GenerationParams:
     """GenerationParams from a request body; `renames` maps our names to the protocol's."""
     renames = renames or {}
-    values = {name: number(data, renames.get(name, name)) for name in RANGES}
+    values = {name: number(data, name, renames.get(name, name)) for name in RANGES}
     return GenerationParams(stop=stop_sequences(data.get(renames.get("stop", "stop")), renames.get("stop", "stop")), **values)
 
 

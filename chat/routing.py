@@ -1,3 +1,9 @@
-"""WebSocket URL patterns (the consumer lives in chat/consumers/)."""
+"""WebSocket URL patterns (the consumer lives in chat/consumers/; docs/websocket.md)."""
 
-websocket_urlpatterns = []
+from django.urls import path
+
+from .consumers.chat import ChatConsumer
+
+websocket_urlpatterns = [
+    path("ws/chat/", ChatConsumer.as_asgi(), name="ws-chat"),
+]

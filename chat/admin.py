@@ -52,6 +52,9 @@ class MessageInline(admin.TabularInline):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
@@ -78,6 +81,12 @@ class ConversationAdmin(admin.ModelAdmin):
             completion_tokens=Sum("messages__completion_tokens"),
             last_message_at=Max("messages__created_at"),
         )
+
+    def get_deleted_objects(self, objs, request):
+        # Messages are read-only on their own, but they go with their conversation.
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        perms_needed.discard(Message._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
 
     @admin.display(description="title", ordering="title")
     def display_title(self, obj):

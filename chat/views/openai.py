@@ -205,7 +205,7 @@ def _merge(texts: list[str]) -> str:
 def _generation_params(data: dict) -> GenerationParams:
     values = {}
     for name, field in NUMBER_PARAMS.items():
-        value = params.number({field: data.get(name)}, field, param=name)  # validated under OpenAI's name
+        value = params.number(data, field, param=name)  # our range, checked under OpenAI's name
         if value is not None:
             values[field] = value  # max_completion_tokens (later in the table) wins over max_tokens
     return GenerationParams(stop=params.stop_sequences(data.get("stop")), **values)
@@ -320,7 +320,7 @@ async def chat_completions(request):
     req, inp = await _parse(request)
     turn = await start_turn(inp)
     if req.stream:
-        return sse.response(_stream_body(turn, Completion(turn, req)))
+        return sse.response(_stream_body(turn, Completion(turn, req)), turn)
     try:
         async for event in turn.events():
             if isinstance(event, TurnDone):

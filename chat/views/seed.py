@@ -96,7 +96,7 @@ async def stream(request):
         turn = await start_turn(await _turn_input(request))
     except ChatError as error:
         return error_response(error, SEED_ENVELOPE)
-    return sse.response(_stream_body(turn))
+    return sse.response(_stream_body(turn), turn)
 
 
 async def _stream_body(turn):

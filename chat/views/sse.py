@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import AsyncIterator
 
 from django.http import StreamingHttpResponse
@@ -28,8 +29,14 @@ def comment(text: str) -> str:
     return f": {text}\n\n"
 
 
-def response(body: AsyncIterator[str]) -> StreamingHttpResponse:
+def response(body: AsyncIterator[str], turn=None) -> StreamingHttpResponse:
+    """A streaming SSE response. With `turn`, the turn is cancelled if the response is dropped
+    unsent: a client that disconnects before the body starts never runs the body's `finally`
+    (Django cancels the task and does not close the response), and the answer would be
+    generated for nobody. Cancelling a finished turn does nothing."""
     resp = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+    if turn is not None:
+        weakref.finalize(resp, turn.cancel)
     resp["Cache-Control"] = "no-cache"
     resp["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return resp

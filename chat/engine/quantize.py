@@ -25,14 +25,17 @@ INT4_GROUP_SIZE = 32
 class QuantizedLinear(nn.Module):
     """A Linear layer whose weight is stored as int8 or packed int4, plus float scales."""
 
-    def __init__(self, linear: nn.Linear, bits: int, group_size: int = INT4_GROUP_SIZE):
+    def __init__(
+        self, linear: nn.Linear, bits: int, group_size: int = INT4_GROUP_SIZE, cpu_kernels: bool | None = None
+    ):
+        """`cpu_kernels`: use PyTorch's packed CPU kernels (default: when the weight is on CPU)."""
         super().__init__()
         if bits not in (8, 4):
             raise ValueError(f"bits must be 8 or 4, not {bits}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bits, self.group_size = bits, group_size
         weight = linear.weight.detach()
-        self.on_cpu = weight.device.type == "cpu"
+        self.on_cpu = weight.device.type == "cpu" if cpu_kernels is None else cpu_kernels
         qweight, scales = (quantize_int8 if bits == 8 else quantize_int4)(weight, group_size)
         if bits == 4 and self.on_cpu:
             qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qweight.to(torch.int32), 1)

@@ -75,12 +75,13 @@ async def request_stop(conversation_id) -> None:
     await _group_send(group_name(conversation_id), {"type": "turn.stop"})
 
 
-async def _group_send(group: str, message: dict) -> bool:
+async def _group_send(group: str, message: dict, quiet: bool = False) -> bool:
     try:
         await get_channel_layer().group_send(group, message)
         return True
     except Exception:  # noqa: BLE001 - a layer outage must not break the turn or the socket
-        log.warning("channel layer: could not send %s to %s", message.get("type"), group, exc_info=True)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "channel layer: could not send %s to %s",
+                message.get("type"), group, exc_info=not quiet)
         return False
 
 
@@ -97,6 +98,13 @@ async def _broadcast(turn: Turn) -> None:
                 position[0] = event.position
             changed.set()
 
+    failed = [False]
+
+    async def send(message: dict) -> None:
+        """To the group; after a failure, later ones are logged quietly (one warning per turn)."""
+        if not await _group_send(group, message, quiet=failed[0]):
+            failed[0] = True
+
     watcher = asyncio.create_task(watch())
     listener = None
     control = None
@@ -107,21 +115,21 @@ async def _broadcast(turn: Turn) -> None:
             listener = asyncio.create_task(_listen(layer, control, turn, fields))
         except Exception:  # noqa: BLE001 - without requests we still broadcast
             log.warning("channel layer: no control channel for turn %s", turn.id, exc_info=True)
-        await _group_send(group, {"type": "turn.start", **fields})
+        await send({"type": "turn.start", **fields})
         sent, announced = 0, None
         while True:
             await changed.wait()
             changed.clear()
             if position[0] != announced and not sent and turn.done is None:
                 announced = position[0]
-                await _group_send(group, {"type": "turn.queued", **fields, "position": announced})
+                await send({"type": "turn.queued", **fields, "position": announced})
             text = turn.text
             if len(text) > sent:
-                await _group_send(group, {"type": "turn.delta", **fields, "offset": sent, "delta": text[sent:]})
+                await send({"type": "turn.delta", **fields, "offset": sent, "delta": text[sent:]})
                 sent = len(text)
             if turn.done is not None:
                 result = turn.done.result
-                await _group_send(group, {
+                await send({
                     "type": "turn.done", **fields, "response": result.text,
                     "finish_reason": result.finish_reason, "usage": usage(result), "error": result.error,
                 })

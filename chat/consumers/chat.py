@@ -211,24 +211,31 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self._ignore(turn.id)
         if turn.conversation_id is not None:
             live.ensure_broadcast(turn)
-            await self._follow(turn.conversation_id)
+            await self._follow(turn.conversation_id)  # this socket streams its own turn even if this fails
         await self.send_json({"type": "start", "request_id": request_id,
                               "conversation_id": turn.conversation_id, "message_id": turn.message_id})
         self.generation = asyncio.create_task(self._stream(turn, request_id), name=f"ws-{turn.id}")
 
     async def do_stop(self, content: dict, request_id) -> None:
-        """Stop this socket's generation; without one, the live answer of the followed conversation."""
-        if self.generation is not None and self.turn is not None:
-            if request_id is None or request_id == self.request_id:
-                self.turn.cancel()
+        """Stop this socket's generation; without a request_id, the live answer of a conversation
+        (`conversation_id`, else the followed one): a reloaded page stopping what a closed tab asked."""
+        if self.generation is not None and self.turn is not None and request_id in (None, self.request_id):
+            self.turn.cancel()
             return
-        if request_id is None and self.conversation is not None:
-            turn = live_turn(self.conversation)
+        if request_id is not None:
+            return  # a late stop for an answer that has ended: nothing to do
+        conversation = self.conversation
+        if content.get("conversation_id") is not None:
+            conversation_id = params.conversation_id(content["conversation_id"])
+            conversation = str(conversation_id)
+            if conversation != self.conversation and not await self._owns(conversation_id):
+                raise not_found()
+        if conversation is not None:
+            turn = live_turn(conversation)
             if turn is not None:
                 turn.cancel()
             else:
-                await live.request_stop(self.conversation)
-        # Anything else is a late stop for an answer that has ended: nothing to do.
+                await live.request_stop(conversation)  # running on another process, or not at all
 
     async def do_subscribe(self, content: dict, request_id) -> None:
         if content.get("conversation_id") is None:
@@ -237,7 +244,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not await self._owns(conversation_id):
             raise not_found()
         conversation = str(conversation_id)
-        await self._follow(conversation)
+        if not await self._follow(conversation):
+            raise ChatError("Live updates are unavailable right now; try again shortly.", status=503,
+                            type="server_error", code="live_updates_unavailable")
         await self.send_json({"type": "subscribed", "request_id": request_id, "conversation_id": conversation})
         turn = live_turn(conversation)
         if turn is not None and turn.id not in self.ignored:
@@ -274,8 +283,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise
         except Exception:  # noqa: BLE001 - the socket must hear that its answer ended
             log.exception("websocket stream of turn %s failed", turn.id)
-            await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
-                                             code="internal_error"), request_id)
+            try:
+                await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
+                                                 code="internal_error"), request_id)
+            except Exception:  # noqa: BLE001 - the socket itself is gone
+                pass
         finally:
             if self.generation is asyncio.current_task():
                 self.generation = None
@@ -296,12 +308,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     # -- following a conversation (group messages from chat.live) -----------------------------
 
-    async def _follow(self, conversation: str) -> None:
+    async def _follow(self, conversation: str) -> bool:
+        """Join the conversation's group (leaving the one followed before); False if the layer failed."""
         if conversation == self.conversation:
-            return
+            return True
         await self._leave()
-        await self.channel_layer.group_add(live.group_name(conversation), self.channel_name)
+        try:
+            await self.channel_layer.group_add(live.group_name(conversation), self.channel_name)
+        except Exception:  # noqa: BLE001 - e.g. Redis is down: no live sync, the rest still works
+            log.warning("channel layer: could not join a conversation's group", exc_info=True)
+            return False
         self.conversation = conversation
+        return True
 
     async def _leave(self) -> None:
         if self.conversation is not None:
@@ -384,7 +402,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     # -- frames out ---------------------------------------------------------------------------
 
     async def _send_error(self, error: ChatError, request_id) -> None:
-        await self.send_json({"type": "error", "request_id": request_id, "error": error.as_dict()})
+        frame = {"type": "error", "request_id": request_id, "error": error.as_dict()}
+        if error.retry_after:
+            frame["retry_after"] = error.retry_after
+        await self.send_json(frame)
 
     @classmethod
     async def encode_json(cls, content):

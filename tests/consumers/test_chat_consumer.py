@@ -181,6 +181,44 @@ async def test_a_reloaded_page_can_stop_the_answer(slow_engine):
     await second.disconnect()
 
 
+async def test_stop_by_conversation_id_needs_ownership(slow_engine):
+    session_key = await visitor_session()
+    first = await open_socket(session_key)
+    await first.send_json_to({"type": "chat", "query": LONG})
+    start = (await frames_until(first, "start"))[-1]
+    await first.disconnect()
+    stop = {"type": "stop", "conversation_id": start["conversation_id"]}
+    stranger = await open_socket(await visitor_session())
+    await stranger.send_json_to(stop)
+    assert (await stranger.receive_json_from())["error"]["code"] == "not_found"
+    await asyncio.sleep(0.1)
+    assert (await answer_row(start["message_id"], wait_done=False)).finish_reason == ""
+    other_tab = await open_socket(session_key)
+    await other_tab.send_json_to(stop)
+    row = await answer_row(start["message_id"])
+    assert row.finish_reason == "cancelled" and row.content
+    await stranger.disconnect()
+    await other_tab.disconnect()
+
+
+async def test_running_answers_per_person_are_limited(slow_engine, settings):
+    settings.CHATGLM = {**settings.CHATGLM, "MAX_RUNNING_PER_USER": 2}
+    session_key = await visitor_session()
+    tabs = [await open_socket(session_key) for _ in range(3)]
+    starts = []
+    for tab in tabs[:2]:
+        await tab.send_json_to({"type": "chat", "query": LONG})
+        starts.append((await frames_until(tab, "start"))[-1])
+    await tabs[2].send_json_to({"type": "chat", "query": "one more", "request_id": "x"})
+    error = await tabs[2].receive_json_from()
+    assert error["error"]["code"] == "too_many_running" and error["retry_after"] > 0
+    for tab, start in zip(tabs, starts):
+        await tab.send_json_to({"type": "stop"})
+        assert (await frames_until(tab, "done"))[-1]["finish_reason"] == "cancelled"
+    for tab in tabs:
+        await tab.disconnect()
+
+
 async def test_api_key_socket_closed_mid_answer_stops_it(slow_engine, settings):
     settings.CHATGLM = {**settings.CHATGLM, "API_KEYS": ["bot:s3cret-key"]}
     socket = await open_socket(path="/ws/chat/?api_key=s3cret-key")

@@ -4,6 +4,7 @@ and real servers (`manage.py serve`) on 127.0.0.1 for end-to-end tests."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from chat.engine import get_engine, reset_engine  # noqa: E402
 
 from .server import ServerFactory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_CACHE = ROOT / "data" / "models"  # the project's default cache: converted once, shared with `make run`
 
 
 @pytest.fixture
@@ -58,3 +62,22 @@ def server_factory(tmp_path):
 def fake_server(server_factory):
     """One server with the fake model and a small per-token delay."""
     return server_factory.start(env={"CHATGLM_FAKE_DELAY_MS": "2"})
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The embedded SmolLM2 as a transformers directory (dequantized from its GGUF once)."""
+    from chat.engine.backends.transformers import TransformersBackend, embedded_gguf, gguf_cache_dir
+    from chat.engine.config import EngineConfig
+
+    cache = gguf_cache_dir(embedded_gguf(), MODEL_CACHE)
+    if not (cache / "config.json").exists():
+        TransformersBackend(EngineConfig(model="default", cache_dir=MODEL_CACHE)).load()
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(default_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from ..engine import get_engine
+from ..owners import VISITOR_SESSION_KEY
 
 
 @ensure_csrf_cookie
 def index(request):
+    """The chat page. An anonymous visitor gets their visitor id (and session cookie) here, so
+    their conversations are theirs from the first question on."""
+    if not request.user.is_authenticated and VISITOR_SESSION_KEY not in request.session:
+        request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
     engine = get_engine()
     model = engine.info.model_id if engine.ready else "loading…"
     return render(request, "chat/index.html", {"model_name": model})

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sqlite3
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -37,7 +38,7 @@ def text_of(frames: list[dict]) -> str:
 
 
 @pytest.mark.redis
-async def test_a_socket_on_another_process_follows_and_stops_the_answer(server_factory, tmp_path):
+async def test_sockets_on_another_process_follow_stop_and_pick_up_answers(server_factory, tmp_path):
     if not redis_reachable():
         pytest.skip(f"Redis is not reachable at {REDIS_URL}")
     data_dir = tmp_path / "shared"
@@ -75,9 +76,25 @@ async def test_a_socket_on_another_process_follows_and_stops_the_answer(server_f
         assert asked[-1]["response"] == seen[-1]["response"] == text_of(seen)
         assert 0 < len(asked[-1]["response"]) < len(full)
 
+    # A browser: the page load gives it a session; its tab on one process is closed mid-answer,
+    # and a tab on the other process picks the answer up where it is.
+    page = httpx.get(f"{one.url}/", timeout=10)
+    cookie = f"sessionid={page.cookies['sessionid']}"
+    async with connect(f"{one.ws_url}/ws/chat/", origin=one.url, additional_headers={"Cookie": cookie}) as tab:
+        await tab.send(json.dumps({"type": "chat", "query": LONG}))
+        third = (await frames_until(tab, "delta"))[0]
+    async with connect(f"{two.ws_url}/ws/chat/", origin=two.url, additional_headers={"Cookie": cookie}) as tab:
+        await tab.send(json.dumps({"type": "subscribe", "conversation_id": third["conversation_id"]}))
+        seen = await frames_until(tab, "done")
+    assert seen[1]["type"] == "start" and seen[1]["message_id"] == third["message_id"]
+    assert text_of(seen) == seen[-1]["response"] == full and seen[-1]["finish_reason"] == "stop"
+
     with sqlite3.connect(data_dir / "db.sqlite3") as db:
         rows = db.execute(
-            "SELECT id, finish_reason, content FROM chat_message WHERE id IN (?, ?) ORDER BY id",
-            (start["message_id"], second["message_id"]),
+            "SELECT id, finish_reason, content FROM chat_message WHERE id IN (?, ?, ?) ORDER BY id",
+            (start["message_id"], second["message_id"], third["message_id"]),
         ).fetchall()
-    assert [(r[1], r[2]) for r in rows] == [("stop", full), ("cancelled", asked[-1]["response"])]
+        source = db.execute("SELECT source FROM chat_conversation WHERE id = ?",
+                            (third["conversation_id"].replace("-", ""),)).fetchone()
+    assert [(r[1], r[2]) for r in rows] == [("stop", full), ("cancelled", asked[-1]["response"]), ("stop", full)]
+    assert source == ("web",)

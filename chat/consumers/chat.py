@@ -127,7 +127,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if session.session_key is not None:
                 # The cookie names a live session, so a new visitor id saved in it stays the
                 # browser's (a session created here could never reach the browser as a cookie).
-                return await session_owner(user, session, create=True)
+                try:
+                    return await session_owner(user, session, create=True)
+                except ValueError:  # a visitor id that is not a UUID: not a usable session
+                    log.warning("websocket: session with a malformed visitor id")
         if api_keys():
             raise ChatError("Missing API key: connect with '?api_key=<key>' or open the page first.",
                             status=401, type="authentication_error", code="invalid_api_key")
@@ -163,7 +166,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
-        request_id = content.get("request_id") if isinstance(content, dict) else None
+        request_id = None  # echoed in an error frame only once it is valid
         try:
             if not isinstance(content, dict):
                 raise _frame_error("A frame must be a JSON object.", "invalid_json")
@@ -173,11 +176,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 raise _frame_error("'type' must be one of chat, stop, subscribe.", "unknown_type", "type")
             await handler(content, request_id)
         except ChatError as error:
-            await self._send_error(error, request_id if isinstance(request_id, (str, int)) else None)
+            await self._send_error(error, request_id)
         except Exception:  # noqa: BLE001 - a bug must not close the socket with a traceback
             log.exception("websocket frame failed")
             await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
-                                             code="internal_error"), None)
+                                             code="internal_error"), request_id)
 
     @staticmethod
     def _request_id(content: dict):

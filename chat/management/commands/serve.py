@@ -31,6 +31,19 @@ FLAG_ENV = {
 class Command(BaseCommand):
     help = "Load the model and serve the site (HTTP, SSE, WebSocket) with Daphne."
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        argparse_error = parser.error
+
+        def one_line_error(message):
+            """A bad flag value gets one line, not the whole usage block."""
+            if not parser.called_from_command_line:
+                argparse_error(message)  # call_command(): Django raises CommandError
+            parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
+
+        parser.error = one_line_error
+        return parser
+
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
         parser.add_argument("--port", type=int, default=8800, help="port (default 8800)")

@@ -38,7 +38,9 @@ class QuantizedLinear(nn.Module):
         self.on_cpu = weight.device.type == "cpu" if cpu_kernels is None else cpu_kernels
         qweight, scales = (quantize_int8 if bits == 8 else quantize_int4)(weight, group_size)
         if bits == 4 and self.on_cpu:
+            # The kernel's own layouts: packed codes, and scales with (zero) offsets [in/group, out, 2].
             qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qweight.to(torch.int32), 1)
+            scales = torch.stack((scales.t(), torch.zeros_like(scales.t())), dim=-1).contiguous()
         elif bits == 4:
             qweight = (qweight[:, 0::2] | (qweight[:, 1::2] << 4)).to(torch.uint8)  # two nibbles a byte
         self.register_buffer("qweight", qweight)
@@ -64,8 +66,7 @@ class QuantizedLinear(nn.Module):
     def _cpu_kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.bits == 8:
             return torch._weight_int8pack_mm(x, self.qweight, self.scales)
-        scales_and_zeros = torch.stack((self.scales.t(), torch.zeros_like(self.scales.t())), dim=-1).contiguous()
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.qweight, self.group_size, scales_and_zeros)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.qweight, self.group_size, self.scales)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight this layer computes with (non-CPU path; also used by tests)."""

@@ -56,7 +56,8 @@ def clean_settings(value: Any, current: dict | None = None) -> dict:
         if raw is None:
             merged.pop(name, None)
         else:
-            merged[name] = params.number(value, name, param=f"settings.{name}")
+            param = f"settings.{name}"  # so errors name the field as the client sent it
+            merged[name] = params.number({param: raw}, name, param)
     return merged
 
 

@@ -414,17 +414,17 @@ def test_unsafe_methods_need_the_csrf_token(alice, client):
 # -- with a real turn --------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_turn_in_a_created_conversation_shows_in_its_detail(engine, async_client):
-    r = await async_client.post(API, {"settings": {"temperature": 0.3}}, content_type="application/json")
+def test_a_turn_in_a_created_conversation_shows_in_its_detail(engine, client):
+    # The sync test client runs the async views on this thread's connection: no thread's
+    # connection outlives the test (which would keep PostgreSQL from dropping the test database).
+    r = post(client, API, {"settings": {"temperature": 0.3}})
     assert r.status_code == 201
     conversation_id = r.json()["id"]
-    r = await async_client.post("/chat", {"query": "hello there", "conversation_id": conversation_id},
-                                content_type="application/json")
+    r = post(client, "/chat", {"query": "hello there", "conversation_id": conversation_id})
     assert r.status_code == 200, r.content
-    body = (await async_client.get(url(conversation_id))).json()
+    body = client.get(url(conversation_id)).json()
     assert body["title"] == "hello there" and body["generating"] is False
     assert [(m["role"], m["content"], m["finish_reason"]) for m in body["messages"]] == [
         ("user", "hello there", ""), ("assistant", "You said: hello there", "stop")]
-    listed = (await async_client.get(API)).json()["conversations"]
+    listed = client.get(API).json()["conversations"]
     assert [(c["id"], c["message_count"]) for c in listed] == [(conversation_id, 2)]

@@ -109,7 +109,8 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = RESULTS / f"chatglm-{stamp}.json"
     out.write_text(json.dumps({
-        "model": {k: getattr(args, k) for k in ("hidden", "layers", "ffn", "vocab")} | {"heads": args.hidden // 64, "kv_groups": 2},
+        "model": {k: getattr(args, k) for k in ("hidden", "layers", "ffn", "vocab")}
+        | {"heads": args.hidden // 64, "kv_groups": 2},
         "prompt_tokens": args.prompt,
         "decode_tokens": args.tokens,
         "repeats_best_of": args.repeats,

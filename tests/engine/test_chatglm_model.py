@@ -116,7 +116,8 @@ def test_v3_detected_by_tokenizer_config_or_name(tmp_path):
     plain.mkdir()
     (plain / "tokenizer_config.json").write_text("{}")
     assert detect_family(plain, unnamed) == "v2"
-    (plain / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"64795": {"content": "<|user|>"}}}))
+    added = {"added_tokens_decoder": {"64795": {"content": "<|user|>"}}}
+    (plain / "tokenizer_config.json").write_text(json.dumps(added))
     assert detect_family(plain, unnamed) == "v3"
     assert detect_family(tmp_path, {**unnamed, "_name_or_path": "THUDM/chatglm3-6b-32k"}) == "v3"
 

@@ -106,7 +106,8 @@ class ChatGLMBackend(Backend):
             if budget <= 0:
                 seq.finish("length")
                 continue
-            rows.append(_Row(seq, SamplingConfig.from_params(seq.params, defaults), make_generator(seq.params.seed), list(prompt)))
+            sampling = SamplingConfig.from_params(seq.params, defaults)
+            rows.append(_Row(seq, sampling, make_generator(seq.params.seed), list(prompt)))
             prompts.append(prompt)
         if not rows:
             return

@@ -126,7 +126,7 @@ class DecodeBatch:
         self.key_valid = self.key_valid.index_select(0, index)
         self.next_position = self.next_position.index_select(0, index)
 
-    def append(self) -> torch.Tensor:
+    def step_mask(self) -> torch.Tensor:
         """Extend the key mask by one real position; return the step's mask [B, 1, 1, S]."""
         self.key_valid = F.pad(self.key_valid, (0, 1), value=True)
         return self.key_valid[:, None, None, :]
@@ -192,7 +192,7 @@ class ChatGLMBase(nn.Module):
         """One step: the new token of every row in; logits [B, V] out."""
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         positions = self._step_positions(batch)
-        hidden = self.forward(ids, positions, batch.append(), batch.cache)
+        hidden = self.forward(ids, positions, batch.step_mask(), batch.cache)
         return self.head(hidden)[:, -1]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ from .chatglm_tokenizer import ChatGLMTokenizer, load_tokenizer
 IGNORED_KEYS = re.compile(r".*\.inv_freq$")
 # Linear layers inside the blocks: what the reference's own `quantize()` converts. Embeddings
 # and the output layer stay in float, as there.
-QUANTIZABLE = re.compile(r".*\.layers\.\d+\.(attention|self_attention|mlp)\.(query_key_value|dense|dense_h_to_4h|dense_4h_to_h)$")
+QUANTIZABLE = re.compile(
+    r".*\.layers\.\d+\.(attention|self_attention|mlp)\.(query_key_value|dense|dense_h_to_4h|dense_4h_to_h)$"
+)
 
 
 def read_config(checkpoint_dir: Path) -> dict:
@@ -85,7 +87,9 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from state.items()
 
 
-def load_weights(model: ChatGLMBase, files: list[Path], device: torch.device, dtype: torch.dtype, quantize: int) -> None:
+def load_weights(
+    model: ChatGLMBase, files: list[Path], device: torch.device, dtype: torch.dtype, quantize: int
+) -> None:
     """Fill a meta-device model from weight files, quantizing block Linears as they arrive."""
     tied = model.config.family == "v1"  # lm_head is the word-embedding matrix
     expected = {name for name, _ in model.named_parameters()}

@@ -46,6 +46,7 @@ class FakeBackend(Backend):
         return cls(
             delay=float(os.environ.get("CHATGLM_FAKE_DELAY_MS", "0") or 0) / 1000,
             context_length=int(os.environ.get("CHATGLM_FAKE_CONTEXT", "4096") or 4096),
+            max_batch_size=int(os.environ.get("CHATGLM_MAX_BATCH", "8") or 8),
         )
 
     def load(self) -> None:

@@ -125,7 +125,8 @@ class TransformersBackend(Backend):
                 temperature=gen.temperature or 1.0, top_p=gen.top_p or 1.0, top_k=gen.top_k or 0,
                 repetition_penalty=gen.repetition_penalty or 1.0,
             )
-        return SamplingConfig(temperature=0.0, repetition_penalty=gen.repetition_penalty or 1.1)
+        penalty = gen.repetition_penalty if gen.repetition_penalty not in (None, 1.0) else 1.1
+        return SamplingConfig(temperature=0.0, repetition_penalty=penalty)
 
     def warmup(self) -> None:
         with torch.inference_mode():

@@ -17,6 +17,12 @@ from chat.turns import history_of, mark_interrupted_answers
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """Hashing passwords at production strength is most of these tests' time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def alice():
     return User.objects.create_user("alice", password="pw-alice-123")

@@ -20,6 +20,12 @@ pytestmark = pytest.mark.django_db
 API = "/api/conversations"
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """Hashing passwords at production strength is most of these tests' time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def url(conversation_id) -> str:
     return f"{API}/{conversation_id}"
 

@@ -207,6 +207,8 @@ export function streamOverSSE(payload, handlers) {
 // ---------------------------------------------------------------------------------------
 // WebSocket (/ws/chat/)
 
+const WS_OPEN = 1; // WebSocket.OPEN
+
 export function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws/chat/`;
@@ -232,7 +234,7 @@ export class ChatSocket {
   }
 
   get isOpen() {
-    return this.ws?.readyState === WebSocket.OPEN;
+    return this.ws?.readyState === WS_OPEN;
   }
 
   onStatus(listener) {
@@ -266,7 +268,7 @@ export class ChatSocket {
       };
       const timer = setTimeout(() => {
         settle(false);
-        if (ws.readyState !== WebSocket.OPEN) ws.close();
+        if (ws.readyState !== WS_OPEN) ws.close();
       }, timeoutMs);
       ws.onopen = () => {
         this.everOpened = true;

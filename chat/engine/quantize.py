@@ -109,3 +109,17 @@ def weight_bytes(module: nn.Module) -> int:
             seen.add(tensor.data_ptr())
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+def quantize_linear_layers(model: nn.Module, bits: int, skip: tuple[str, ...] = ()) -> int:
+    """Replace every supported nn.Linear of `model` (but those whose name ends with one of
+    `skip`) by a QuantizedLinear, in place; return how many were replaced. For models loaded
+    whole, as the transformers backend does (the ChatGLM loader quantizes shard by shard)."""
+    targets = [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not name.endswith(skip) and QuantizedLinear.supports(module, bits)
+    ]
+    for name, linear in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, QuantizedLinear(linear, bits))
+    return len(targets)

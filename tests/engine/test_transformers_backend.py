@@ -137,3 +137,21 @@ async def test_default_model_answers_sensibly(default_model_dir):
                        GenerationParams(max_new_tokens=30))
     assert "Paris" in result.text
     engine.stop()
+
+
+@pytest.mark.parametrize("bits,max_rel_error", [(8, 0.05), (4, 0.5)])
+def test_quantized_linear_layers(bits, max_rel_error, tmp_path, smol_tokenizer):
+    """--quantize for transformers models: every block Linear replaced, logits near float32."""
+    from chat.engine.quantize import QuantizedLinear
+
+    model, _ = build_checkpoint(tmp_path, smol_tokenizer, "llama")
+    backend = TransformersBackend(EngineConfig(model=str(tmp_path), quantize=bits))
+    backend.load()
+    layers = [m for m in backend.model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers; lm_head kept
+    ids = torch.tensor([smol_tokenizer.encode("The quick brown fox jumps over the lazy dog")])
+    with torch.no_grad():
+        reference, quantized = model(ids).logits, backend.model(ids).logits
+    error = (quantized - reference).norm() / reference.norm()
+    assert error < max_rel_error
+    assert backend.info.quantize == bits

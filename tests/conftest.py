@@ -81,3 +81,14 @@ def smol_tokenizer(default_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture(autouse=True)
+def _close_connections_of_the_sync_thread():
+    """Async tests reach the database from asgiref's sync thread, whose connections the test
+    client never closes: PostgreSQL then refuses to drop the test database at the end."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()

@@ -12,9 +12,12 @@ import threading
 
 import httpx
 import pytest
-from playwright.sync_api import expect
 
-from .conftest import wait_ready
+from .conftest import skip_without_browser, wait_ready
+
+skip_without_browser()
+
+from playwright.sync_api import expect  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -73,6 +76,7 @@ def test_send_streams_over_websocket_and_shows_stats(page, signup, shot):
     answer = page.locator(ANSWERS).last
     expect(answer).to_have_attribute("data-state", "streaming")
     partial = answer_text(page)
+    shot(page, "streaming")
     expect_done(page, f"You said: {LONG}")
     assert partial and len(partial) < len(f"You said: {LONG}"), "the answer appeared while it was generated"
     assert page.evaluate("document.getElementById('connection').dataset.kind") == "websocket"
@@ -110,7 +114,7 @@ def test_falls_back_to_sse_when_the_socket_cannot_connect(browser_context):
     expect(page.locator("#send")).to_be_visible()
 
 
-def test_stop_mid_stream_then_retry(page, signup):
+def test_stop_mid_stream_then_retry(page, signup, shot):
     signup(page)
     send(page, LONG)
     answer = page.locator(ANSWERS).last
@@ -124,6 +128,7 @@ def test_stop_mid_stream_then_retry(page, signup):
     assert f"You said: {LONG}".startswith(stopped.rstrip()), stopped
     assert len(stopped) < len(f"You said: {LONG}")
     expect(page.locator("#stop")).to_be_hidden()
+    shot(page, "cancelled")
 
     # Saved as cancelled: a reload shows the same.
     page.reload()
@@ -165,9 +170,10 @@ def test_reload_mid_stream_reattaches_to_the_answer(page, signup):
     expect(page.locator(".msg.user .bubble")).to_have_text(LONG)
 
 
-def test_enter_while_composing_does_not_send(page):
+def test_enter_while_composing_does_not_send(page, shot):
     page.goto("/")
     wait_ready(page)
+    shot(page, "empty-state")
     page.fill("#prompt", "にほんご")
     for init in ("{key: 'Enter', code: 'Enter', isComposing: true}", "{key: 'Enter', code: 'Enter', keyCode: 229}"):
         page.evaluate(
@@ -305,7 +311,7 @@ def test_model_output_is_sanitized(page, signup, shot):
     shot(page, "sanitized-output")
 
 
-def test_failed_answer_says_so_and_can_be_retried(page):
+def test_failed_answer_says_so_and_can_be_retried(page, shot):
     page.goto("/")
     wait_ready(page)
     send(page, "please fail [[fake:error]] now")
@@ -314,9 +320,10 @@ def test_failed_answer_says_so_and_can_be_retried(page):
     expect(answer.locator(".notice")).to_contain_text("failed")
     expect(answer.get_by_role("button", name="Retry this question")).to_be_visible()
     expect(page.locator("#send")).to_be_visible()
+    shot(page, "failed")
 
 
-def test_place_in_line_while_the_model_is_busy(page, chat_server):
+def test_place_in_line_while_the_model_is_busy(page, chat_server, shot):
     page.goto("/")
     wait_ready(page)
     # Another client keeps the model (one sequence per batch) busy for a few seconds.
@@ -332,6 +339,7 @@ def test_place_in_line_while_the_model_is_busy(page, chat_server):
     assert busy.wait(10)
     send(page, "me next")
     expect(page.locator(ANSWERS).last.locator(".status")).to_have_text(re.compile(r"Waiting… \d+(st|nd|rd|th) in line"))
+    shot(page, "queued")
     expect_done(page, "You said: me next", timeout=60_000)
     thread.join(60)
 
@@ -371,6 +379,9 @@ def test_settings_are_saved_and_sent(page, signup):
     expect(page.locator("#temperature-out")).to_have_text("0.30")
     expect(page.locator("#top-p-out")).to_have_text("default")
     expect(page.locator("#max-length")).to_have_value("2048")
+    export = page.locator("#export-md").get_attribute("href")
+    assert export == f"/api/conversations/{conversation_id}/export?format=md"
+    assert "You said: again" in page.request.get(export).text()
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 

@@ -233,7 +233,8 @@ function refreshActions() {
   const answers = els.messages.querySelectorAll(".msg.assistant");
   answers.forEach((node, index) => {
     const button = node.querySelector(".regenerate");
-    if (button) button.hidden = Boolean(state.live) || index !== answers.length - 1;
+    const failed = node.dataset.state === "error" || node.dataset.state === "cancelled"; // it has "Retry"
+    if (button) button.hidden = Boolean(state.live) || failed || index !== answers.length - 1;
   });
 }
 
@@ -946,6 +947,11 @@ function fillSettings() {
   els.settingsNote.textContent = conversation
     ? "Saved with this conversation and sent with each message."
     : "Used for the next conversation you start.";
+  $("export").hidden = !state.conversationId;
+  if (state.conversationId) {
+    $("export-md").href = api.exportUrl(state.conversationId, "md");
+    $("export-json").href = api.exportUrl(state.conversationId, "json");
+  }
 }
 
 /** The form's settings; an unset value is null (a JSON merge patch removes it on the server). */

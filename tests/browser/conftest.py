@@ -65,28 +65,40 @@ def chat_server(tmp_path_factory):
 
 @pytest.fixture
 def browser_context(chromium, chat_server):
-    """A factory of fresh contexts (own cookies and storage) on the live server; closed after the test."""
+    """A factory of fresh contexts (own cookies and storage) on the live server.
+
+    Closed after the test, which then fails if any page threw an uncaught JavaScript error.
+    """
     contexts = []
+    errors = []
+
+    def watch(page):
+        page.errors = []
+
+        def record(error):
+            page.errors.append(str(error))
+            errors.append(f"{page.url}: {error}")
+
+        page.on("pageerror", record)
 
     def make(**options):
         options.setdefault("viewport", {"width": 1280, "height": 800})
         context = chromium.new_context(base_url=chat_server.url, **options)
         context.set_default_timeout(15_000)
+        context.on("page", watch)
         contexts.append(context)
         return context
 
     yield make
     for context in contexts:
         context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 @pytest.fixture
 def page(browser_context):
-    """A page in a fresh context, with console errors collected in `page.errors`."""
-    page = browser_context().new_page()
-    page.errors = []
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
-    return page
+    """A page in a fresh context; its uncaught JavaScript errors are in `page.errors`."""
+    return browser_context().new_page()
 
 
 _users = itertools.count(1)

@@ -75,6 +75,7 @@ def test_send_streams_over_websocket_and_shows_stats(page, signup, shot):
     send(page, LONG)
     answer = page.locator(ANSWERS).last
     expect(answer).to_have_attribute("data-state", "streaming")
+    expect(answer.locator(".md")).to_have_text(re.compile(r"^You"))
     partial = answer_text(page)
     shot(page, "streaming")
     expect_done(page, f"You said: {LONG}")
@@ -112,6 +113,16 @@ def test_falls_back_to_sse_when_the_socket_cannot_connect(browser_context):
     page.click("#stop")
     expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "cancelled")
     expect(page.locator("#send")).to_be_visible()
+
+    # Reloading while /stream is open ends that request (and so the answer, as the seed API
+    # does): the reloaded page must show how it ended, not wait forever.
+    send(page, LONG)
+    expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "streaming")
+    page.reload()
+    wait_ready(page)
+    expect(page.locator(ANSWERS)).to_have_count(3)
+    expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "cancelled")
+    expect(page.locator("#stop")).to_be_hidden()
 
 
 def test_stop_mid_stream_then_retry(page, signup, shot):
@@ -168,6 +179,22 @@ def test_reload_mid_stream_reattaches_to_the_answer(page, signup):
     page.goto("/")
     wait_ready(page)
     expect(page.locator(".msg.user .bubble")).to_have_text(LONG)
+
+
+def test_stop_after_reload_stops_the_followed_answer(page, signup):
+    signup(page)
+    send(page, LONG)
+    expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "streaming")
+    page.reload()
+    wait_ready(page)
+    answer = page.locator(ANSWERS).last
+    expect(answer).to_have_attribute("data-state", "streaming")
+    page.click("#stop")
+    expect(answer).to_have_attribute("data-state", "cancelled")
+    assert len(answer_text(page)) < len(f"You said: {LONG}")
+    page.reload()
+    wait_ready(page)
+    expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "cancelled")
 
 
 def test_enter_while_composing_does_not_send(page, shot):

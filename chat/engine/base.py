@@ -192,8 +192,9 @@ class Sequence:
     def text(self) -> str:
         return "".join(self._parts)
 
-    def begin(self, prompt_tokens: int, decoder: Decoder, max_new_tokens: int) -> None:
-        """Record the prompt size and the token budget left for the answer."""
+    def begin(self, prompt_tokens: int, decoder: Decoder | None, max_new_tokens: int) -> None:
+        """Record the prompt size, the decoder of token ids (None for a backend that pushes
+        text) and the token budget left for the answer."""
         self.started_at = time.monotonic()
         self.prompt_tokens = prompt_tokens
         self._decoder = decoder
@@ -205,8 +206,16 @@ class Sequence:
         if self.finished:
             return False
         assert self._decoder is not None, "begin() must come first"
-        self.completion_tokens += 1
-        self._send(self._stop.feed(self._decoder.push(token_id)))
+        return self.push_text(self._decoder.push(token_id))
+
+    def push_text(self, text: str, tokens: int = 1) -> bool:
+        """Account `tokens` generated tokens that decoded to `text` (whole characters): the
+        path of backends that receive text, such as an upstream server. Return whether
+        generation should go on."""
+        if self.finished:
+            return False
+        self.completion_tokens += tokens
+        self._send(self._stop.feed(text))
         if self._stop.stopped:
             self.finish("stop")
         elif self.cancelled:
@@ -286,6 +295,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate(self, sequences: list[Sequence]) -> None:
         """Generate for every sequence until each is finished (by push_token or finish)."""
+
+    def generate_continuous(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
+        """Like generate(), for a backend that can take new sequences into a running batch:
+        `admit(n)` returns up to n sequences that arrived since (continuous batching). The
+        default decodes a static batch; new arrivals wait for the next one."""
+        self.generate(sequences)
 
     def clear_cache(self) -> None:
         """Free cached accelerator memory (the seed's /clear). A no-op on CPU."""

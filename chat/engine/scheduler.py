@@ -230,9 +230,26 @@ class Engine:
         for request in batch:
             if request.cancelled:
                 request.sequence.finish("cancelled")
+
+        def admit(limit: int) -> list[Sequence]:
+            """Move up to `limit` waiting requests into the running batch."""
+            with self._cond:
+                taken = [self._waiting.popleft() for _ in range(min(max(0, limit), len(self._waiting)))]
+                self._running.extend(taken)
+                if taken:
+                    self._announce_positions(start=0)
+            fresh = []
+            for request in taken:
+                if request.cancelled:
+                    request.sequence.finish("cancelled")
+                else:
+                    fresh.append(request.sequence)
+            live.extend(fresh)
+            return fresh
+
         try:
             if live:
-                backend.generate(live)
+                backend.generate_continuous(list(live), admit)
         except Exception as exc:  # noqa: BLE001 - a failed generation must not stop the engine
             log.exception("generation failed")
             for seq in live:

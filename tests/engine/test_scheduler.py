@@ -194,3 +194,15 @@ async def test_load_failure_is_reported():
         engine.wait_ready(5)
     with pytest.raises(EngineUnavailable):
         engine.submit(USER, GenerationParams())
+
+
+async def test_a_continuous_backend_takes_new_requests_into_the_running_batch():
+    engine = make_engine(FakeBackend(delay=0.005, max_batch_size=4))
+    long = engine.submit([{"role": "user", "content": "a long answer " * 20}], GenerationParams())
+    await asyncio.sleep(0.05)
+    short = engine.submit([{"role": "user", "content": "hi"}], GenerationParams())
+    events = await collect(short)
+    assert events[-1].text == "You said: hi"
+    assert not long.sequence.finished  # the short one did not wait for the running batch to end
+    assert (await collect(long))[-1].finish_reason == "stop"
+    engine.stop()

@@ -4,7 +4,7 @@ The echo is cut into tokens of 1 to 3 UTF-8 bytes (cycling), so multi-byte chara
 split across tokens and the answer goes through the same incremental detokenizer as a real
 model. `CHATGLM_FAKE_DELAY_MS` sets a delay per decode step. A user message that contains
 `[[fake:error]]` makes the "model" raise halfway through, to test failures mid-stream.
-It decodes sequences in batches, as a batching backend does.
+It decodes sequences in batches that new requests join between steps (continuous batching).
 """
 
 from __future__ import annotations
@@ -68,27 +68,36 @@ class FakeBackend(Backend):
         return f"You said: {last_user}"
 
     def generate(self, sequences: list[Sequence]) -> None:
-        plans = []
-        for seq in sequences:
-            prompt_tokens = self.count_prompt_tokens(seq.messages)
-            budget = seq.params.max_new_tokens or self.default_max_new_tokens()
-            if seq.params.max_length:
-                budget = min(budget, seq.params.max_length - prompt_tokens)
-            seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
-            if budget <= 0:
-                seq.finish("length")
-            plans.append((seq, encode(self.reply_to(seq.messages))))
-        step = 0
-        while any(not seq.finished for seq, _ in plans):
+        self.generate_continuous(sequences, lambda limit: [])
+
+    def generate_continuous(self, sequences, admit) -> None:
+        """Decode step by step; between steps, new sequences join the batch (each has its own
+        position in its answer, as in a real continuous-batching engine)."""
+        plans = [self._plan(seq) for seq in sequences]
+        while True:
+            plans = [plan for plan in plans if not plan[0].finished]
+            plans += [self._plan(seq) for seq in admit(self.max_batch_size - len(plans))]
+            if not plans:
+                return
             if self.delay:
                 time.sleep(self.delay)
-            for seq, ids in plans:
-                if seq.finished:
-                    continue
+            for plan in plans:
+                seq, ids, step = plan
                 if ERROR_TRIGGER in seq.messages[-1]["content"] and step == len(ids) // 2:
                     raise RuntimeError("the fake model failed mid-stream, as asked")
                 if step >= len(ids):
                     seq.finish("stop")
                 else:
                     seq.push_token(ids[step])
-            step += 1
+                    plan[2] += 1
+
+    def _plan(self, seq: Sequence) -> list:
+        """[sequence, the answer's token ids, the next step]."""
+        prompt_tokens = self.count_prompt_tokens(seq.messages)
+        budget = seq.params.max_new_tokens or self.default_max_new_tokens()
+        if seq.params.max_length:
+            budget = min(budget, seq.params.max_length - prompt_tokens)
+        seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
+        if budget <= 0:
+            seq.finish("length")
+        return [seq, encode(self.reply_to(seq.messages)), 0]

@@ -1,0 +1,110 @@
+"""The upstream backend against a real OpenAI-compatible server on loopback: this project's
+own server with the fake model (it speaks /v1/chat/completions like vLLM does)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from chat.engine.backends import resolve_backend_name
+from chat.engine.backends.openai import OpenAIBackend
+from chat.engine.base import EngineUnavailable, GenerationParams, GenerationResult, TextDelta
+from chat.engine.config import EngineConfig
+from chat.engine.scheduler import Engine
+from tests.server import free_port
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    from tests.server import ServerFactory
+
+    factory = ServerFactory(tmp_path_factory.mktemp("upstream"))
+    server = factory.start(env={"CHATGLM_FAKE_DELAY_MS": "20", "CHATGLM_API_KEYS": "site:sk-up"})
+    yield server
+    factory.stop_all()
+
+
+def engine_for(upstream, **overrides):
+    config = EngineConfig(upstream_url=f"{upstream.url}/v1", upstream_api_key="sk-up", **overrides)
+    assert resolve_backend_name(config) == "openai"
+    engine = Engine(lambda: OpenAIBackend(config))
+    engine.wait_ready(30)
+    return engine
+
+
+async def run(engine, text, params=GenerationParams()):
+    events = [e async for e in engine.stream([{"role": "user", "content": text}], params)]
+    return "".join(e.text for e in events if isinstance(e, TextDelta)), events[-1]
+
+
+async def test_streams_whole_characters_with_the_upstream_usage(upstream):
+    engine = engine_for(upstream)
+    assert engine.info.model_id == "fake" and engine.info.backend == "openai"
+    text, result = await run(engine, "你好🙂")
+    assert text == result.text == "You said: 你好🙂" and result.finish_reason == "stop"
+    assert result.completion_tokens == 11 and result.prompt_tokens > 0  # the upstream's own count
+    engine.stop()
+
+
+async def test_requests_run_concurrently_upstream(upstream):
+    engine = engine_for(upstream)
+    started = time.perf_counter()
+    results = await asyncio.gather(*(run(engine, f"question {i}") for i in range(4)))
+    elapsed = time.perf_counter() - started
+    assert [r[0] for r in results] == [f"You said: question {i}" for i in range(4)]
+    one = time.perf_counter()
+    await run(engine, "question 0")
+    # Four at once took about as long as one: nothing waited for another (bounded loosely).
+    assert elapsed < 3 * (time.perf_counter() - one)
+    engine.stop()
+
+
+async def test_stop_strings_budget_and_cancellation(upstream):
+    engine = engine_for(upstream)
+    text, result = await run(engine, "alpha beta gamma", GenerationParams(stop=("gamma",)))
+    assert text == "You said: alpha beta " and result.finish_reason == "stop"
+    text, result = await run(engine, "alpha beta gamma", GenerationParams(max_new_tokens=4))
+    assert result.finish_reason == "length"
+    request = engine.submit([{"role": "user", "content": "long " * 50}], GenerationParams())
+    async for event in request.events():
+        if isinstance(event, TextDelta):
+            request.cancel()
+        if isinstance(event, GenerationResult):
+            assert event.finish_reason == "cancelled" and len(event.text) < 100
+    for _ in range(100):  # the upstream sees the closed request and stops too
+        if httpx.get(f"{upstream.url}/healthz").json()["running"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert httpx.get(f"{upstream.url}/healthz").json()["running"] == 0
+    engine.stop()
+
+
+async def test_upstream_failure_mid_stream_is_an_error_result(upstream):
+    engine = engine_for(upstream)
+    _, result = await run(engine, "[[fake:error]] please")
+    assert result.finish_reason == "error" and "upstream" in result.error
+    engine.stop()
+
+
+def test_unreachable_upstream_fails_to_load():
+    config = EngineConfig(upstream_url=f"http://127.0.0.1:{free_port()}/v1")
+    engine = Engine(lambda: OpenAIBackend(config))
+    with pytest.raises(EngineUnavailable, match="did not list its models"):
+        engine.wait_ready(30)
+
+
+def test_wrong_upstream_key_fails_to_load(upstream):
+    engine = Engine(lambda: OpenAIBackend(EngineConfig(upstream_url=f"{upstream.url}/v1", upstream_api_key="nope")))
+    with pytest.raises(EngineUnavailable, match="401"):
+        engine.wait_ready(30)
+
+
+def test_serve_with_an_upstream(upstream, server_factory):
+    site = server_factory.start(model="default", args=("--upstream-url", f"{upstream.url}/v1"),
+                                env={"CHATGLM_UPSTREAM_API_KEY": "sk-up"})
+    health = httpx.get(f"{site.url}/healthz").json()
+    assert health["backend"] == "openai" and health["model"] == "fake"
+    assert httpx.post(f"{site.url}/chat", json={"query": "via upstream"}, timeout=30).json()["response"] == "You said: via upstream"

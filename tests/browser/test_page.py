@@ -58,8 +58,9 @@ def expect_done(page, text: str, timeout: float = 30_000) -> None:
     expect(answer.locator(".md")).to_have_text(text)
 
 
-def conversation_titles(page) -> list[str]:
-    return page.locator("#conversation-list li.conversation .conversation-title").all_inner_texts()
+def expect_titles(page, titles: list[str]) -> None:
+    """The sidebar lists exactly these conversations, in this order (waits for the list to load)."""
+    expect(page.locator("#conversation-list li.conversation .conversation-title")).to_have_text(titles)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def test_sidebar_reload_open_rename_search_delete(page, signup):
     page.goto("/")  # no hash: the last opened conversation
     wait_ready(page)
     expect(page.locator("#conversation-list li.conversation")).to_have_count(2)
-    assert conversation_titles(page) == ["second topic", "first topic"]  # newest first
+    expect_titles(page, ["second topic", "first topic"])  # newest first
 
     # Open the older one from the sidebar.
     page.locator("#conversation-list a", has_text="first topic").click()
@@ -267,7 +268,7 @@ def test_sidebar_reload_open_rename_search_delete(page, signup):
     expect(page.locator(".msg")).to_have_count(0)
     page.reload()
     wait_ready(page)
-    assert conversation_titles(page) == ["second topic"]
+    expect_titles(page, ["second topic"])
 
 
 def test_two_users_see_only_their_own_conversations(browser_context, signup):
@@ -284,8 +285,8 @@ def test_two_users_see_only_their_own_conversations(browser_context, signup):
     for page in (alice, bob):
         page.reload()
         wait_ready(page)
-    assert conversation_titles(alice) == ["alice secret"]
-    assert conversation_titles(bob) == ["bob secret"]
+    expect_titles(alice, ["alice secret"])
+    expect_titles(bob, ["bob secret"])
 
     # Bob cannot open Alice's conversation by its URL.
     bob.goto(alice_url)

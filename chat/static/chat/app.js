@@ -454,9 +454,12 @@ async function loadList({ reset = true } = {}) {
 }
 
 let listRefresh = 0;
-function refreshListSoon() {
+function refreshListSoon(delay = 300) {
   clearTimeout(listRefresh);
-  listRefresh = setTimeout(() => loadList(), 300);
+  listRefresh = setTimeout(() => {
+    if (els.list.querySelector(".rename-input")) refreshListSoon(2000); // never redraw under a rename
+    else loadList();
+  }, delay);
 }
 
 /** Put a just-created (or just-used) conversation at the top of the list at once. */

@@ -149,7 +149,7 @@ def test_raw_stream_is_data_lines_only(server):
 
 
 def test_queue_full_is_rate_limit_error(servers):
-    server = servers.start(env={"CHATGLM_MAX_QUEUE": "1", "CHATGLM_FAKE_DELAY_MS": "30"},
+    server = servers.start(env={"CHATGLM_MAX_QUEUE": "1", "CHATGLM_MAX_BATCH": "1", "CHATGLM_FAKE_DELAY_MS": "30"},
                            data_dir=servers.tmp_path / "small-queue")
     request = {"model": "fake", "messages": [{"role": "user", "content": "x" * 40}], "stream": True}
     with httpx.Client(base_url=server.url, timeout=30) as http:

@@ -44,14 +44,6 @@ def group_name(conversation_id) -> str:
     return f"conv.{uuid.UUID(str(conversation_id)).hex}"
 
 
-def usage(result) -> dict:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.total_tokens,
-    }
-
-
 def turn_fields(turn: Turn) -> dict:
     return {"turn_id": turn.id, "conversation_id": turn.conversation_id, "message_id": turn.message_id}
 
@@ -131,7 +123,7 @@ async def _broadcast(turn: Turn) -> None:
                 result = turn.done.result
                 await send({
                     "type": "turn.done", **fields, "response": result.text,
-                    "finish_reason": result.finish_reason, "usage": usage(result), "error": result.error,
+                    "finish_reason": result.finish_reason, "usage": result.usage(), "error": result.error,
                 })
                 return
     except Exception:  # noqa: BLE001 - the turn goes on; its outcome is saved regardless

@@ -151,14 +151,20 @@ def running_turns(owner: Owner) -> int:
     return sum(1 for t in _live_turns.values() if t.owner == owner and not t.finished)
 
 
-async def start_turn(inp: TurnInput) -> Turn:
-    """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
+async def ready_engine():
+    """The engine, once its model is loaded (waiting off the event loop); 503 if it cannot be."""
     engine = get_engine()
     if not engine.ready:
         try:
             await asyncio.to_thread(engine.wait_ready, 600)
         except EngineUnavailable as exc:
             raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+    return engine
+
+
+async def start_turn(inp: TurnInput) -> Turn:
+    """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
+    engine = await ready_engine()
 
     conversation = None
     if inp.conversation_id is not None:

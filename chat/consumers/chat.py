@@ -280,7 +280,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     await self.send_json(self._end_frame(request_id, {
                         "conversation_id": event.conversation_id, "message_id": event.message_id,
                         "response": event.result.text, "finish_reason": event.result.finish_reason,
-                        "usage": live.usage(event.result), "error": event.result.error,
+                        "usage": event.result.usage(), "error": event.result.error,
                     }))
         except asyncio.CancelledError:
             raise

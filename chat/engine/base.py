@@ -103,6 +103,14 @@ class GenerationResult:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def usage(self) -> dict[str, int]:
+        """Token counts in the OpenAI `usage` shape, which every protocol reports."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
 
 Event = QueuePosition | Started | TextDelta | GenerationResult
 

@@ -10,7 +10,6 @@ CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from functools import wraps
@@ -21,11 +20,11 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import params
-from ..engine import EngineUnavailable, GenerationParams, QueuePosition, TextDelta, get_engine
+from ..engine import GenerationParams, TextDelta, get_engine
 from ..engine.base import ModelInfo
 from ..errors import ChatError, invalid
 from ..models import Source
-from ..turns import TurnDone, TurnInput, start_turn
+from ..turns import TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
 from .auth import api_caller
 from .common import json_errors, read_json
@@ -53,14 +52,8 @@ _STARTED = int(time.time())  # `created` of the served model: when this process 
 
 
 async def served_model() -> ModelInfo:
-    """The loaded model's info, waiting (off the event loop) while it loads; 503 if it cannot."""
-    engine = get_engine()
-    if not engine.ready:
-        try:
-            await asyncio.to_thread(engine.wait_ready, 600)
-        except EngineUnavailable as exc:
-            raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
-    return engine.info
+    """The loaded model's info, waiting while it loads; 503 if it cannot be loaded."""
+    return (await ready_engine()).info
 
 
 def model_not_found(model_id: str, param: str | None = None) -> ChatError:
@@ -248,14 +241,6 @@ class CompletionRequest:
 # -- responses --------------------------------------------------------------------------------
 
 
-def usage(result) -> dict:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.total_tokens,
-    }
-
-
 def failure(done: TurnDone) -> ChatError:
     """The error for a turn that did not end with `stop` or `length`."""
     if done.result.finish_reason == "cancelled":
@@ -284,7 +269,7 @@ class Completion:
             "logprobs": None,
             "finish_reason": done.result.finish_reason,
         }
-        return {**self.head("chat.completion"), "choices": [choice], "usage": usage(done.result)}
+        return {**self.head("chat.completion"), "choices": [choice], "usage": done.result.usage()}
 
     def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -294,7 +279,7 @@ class Completion:
         return out
 
     def usage_chunk(self, done: TurnDone) -> dict:
-        return {**self.head("chat.completion.chunk"), "choices": [], "usage": usage(done.result)}
+        return {**self.head("chat.completion.chunk"), "choices": [], "usage": done.result.usage()}
 
 
 async def _parse(request) -> tuple[CompletionRequest, TurnInput]:
@@ -335,11 +320,9 @@ async def _stream_body(turn, completion: Completion):
     """Chunks as OpenAI sends them; never raises (PITFALLS #3); a disconnect cancels the turn."""
     try:
         yield sse.event(None, completion.chunk({"role": "assistant", "content": ""}))
-        async for event in sse.with_heartbeat(turn.events(), settings.CHATGLM["PING_SECONDS"]):
-            if event is sse.PING:
-                yield sse.comment("ping")
-            elif isinstance(event, QueuePosition):
-                yield sse.comment(f"queued position={event.position}")
+        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
+            if isinstance(event, str):
+                yield event
             elif isinstance(event, TextDelta):
                 yield sse.event(None, completion.chunk({"content": event.text}))
             elif isinstance(event, TurnDone):

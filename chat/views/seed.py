@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from .. import params
-from ..engine import QueuePosition, TextDelta, get_engine
+from ..engine import TextDelta, get_engine
 from ..errors import ChatError, invalid
 from ..models import Source
 from ..turns import TurnDone, TurnInput, start_turn
@@ -46,14 +46,6 @@ async def _turn_input(request) -> TurnInput:
     )
 
 
-def usage(result) -> dict:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.total_tokens,
-    }
-
-
 def final_fields(turn, done: TurnDone) -> dict:
     return {
         "query": turn.query,
@@ -61,7 +53,7 @@ def final_fields(turn, done: TurnDone) -> dict:
         "history": [list(pair) for pair in turn.history] + [[turn.query, done.result.text]],
         "conversation_id": done.conversation_id,
         "finish_reason": done.result.finish_reason,
-        "usage": usage(done.result),
+        "usage": done.result.usage(),
         "history_truncated": turn.history_truncated,
     }
 
@@ -102,11 +94,9 @@ async def stream(request):
 async def _stream_body(turn):
     response = ""  # the answer so far as this client has seen it (turn.text may be further on)
     try:
-        async for event in sse.with_heartbeat(turn.events(), settings.CHATGLM["PING_SECONDS"]):
-            if event is sse.PING:
-                yield sse.comment("ping")
-            elif isinstance(event, QueuePosition):
-                yield sse.comment(f"queued position={event.position}")
+        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
+            if isinstance(event, str):
+                yield event
             elif isinstance(event, TextDelta):
                 response += event.text
                 yield sse.event("delta", {"delta": event.text, "response": response, "finished": False})

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 
 from django.http import StreamingHttpResponse
 
+from ..engine import QueuePosition
+
 PING = object()  # yielded by `with_heartbeat` after a silence
 
 
@@ -40,6 +42,18 @@ def response(body: AsyncIterator[str], turn=None) -> StreamingHttpResponse:
     resp["Cache-Control"] = "no-cache"
     resp["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return resp
+
+
+async def turn_events(turn, ping_seconds: float) -> AsyncIterator:
+    """A turn's events for an SSE body: waiting and silence come out already encoded as
+    comment lines (str: `: queued position=N`, `: ping`), the rest as turn events."""
+    async for event in with_heartbeat(turn.events(), ping_seconds):
+        if event is PING:
+            yield comment("ping")
+        elif isinstance(event, QueuePosition):
+            yield comment(f"queued position={event.position}")
+        else:
+            yield event
 
 
 async def with_heartbeat(events: AsyncIterator, interval: float) -> AsyncIterator:

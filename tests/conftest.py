@@ -21,6 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_CACHE = ROOT / "data" / "models"  # the project's default cache: converted once, shared with `make run`
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Browser tests run last, after pytest-django's own ordering: Playwright's sync API marks
+    an event loop as running on the main thread, which async tests must not meet."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 @pytest.fixture
 def engine_env(monkeypatch):
     """Set engine environment variables, then get a fresh engine: `engine_env(CHATGLM_FAKE_DELAY_MS="5")`."""

@@ -45,8 +45,10 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Module scope: Playwright's sync API keeps an event loop marked running on the main
+    thread while it is started, and async tests after it would fail, so it stops at once."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

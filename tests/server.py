@@ -56,7 +56,9 @@ class ServerFactory:
         full_env = {
             **os.environ,
             "CHATGLM_DATA_DIR": str(data_dir),
-            "DATABASE_URL": os.environ.get("DATABASE_URL") or f"sqlite:///{data_dir / 'db.sqlite3'}",
+            # A server of its own database (shared by servers given the same data_dir), never the
+            # suite's: the suite may run on PostgreSQL, whose test database a server must not touch.
+            "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
             "CHATGLM_MODEL": model,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),

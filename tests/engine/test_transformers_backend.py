@@ -155,3 +155,40 @@ def test_quantized_linear_layers(bits, max_rel_error, tmp_path, smol_tokenizer):
     error = (quantized - reference).norm() / reference.norm()
     assert error < max_rel_error
     assert backend.info.quantize == bits
+
+
+@pytest.mark.parametrize("family", ["llama", "glm4"])
+def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path, smol_tokenizer):
+    """Continuous batching: sequences merged into a batch mid-decode (their prompts longer and
+    shorter than the running cache) decode exactly as they would alone."""
+    import threading
+
+    from chat.engine.base import Sequence
+
+    model, tokenizer = build_checkpoint(tmp_path, smol_tokenizer, family)
+    backend = TransformersBackend(EngineConfig(model=str(tmp_path), max_batch_size=4))
+    backend.load()
+    prompts = ["Hello!", "你好，世界 🙂 and a much longer question, long enough to be the longest prompt", "Why?"]
+    params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
+
+    def sequence(text):
+        return Sequence([{"role": "user", "content": text}], params, lambda event: None, threading.Event())
+
+    alone = []
+    for text in prompts:
+        seq = sequence(text)
+        backend.generate([seq])
+        alone.append(seq.result.text)
+
+    first, *later = [sequence(text) for text in prompts]
+    calls = []
+
+    def admit(limit):  # one sequence joins at the 2nd step, another at the 4th
+        calls.append(limit)
+        return [later.pop(0)] if len(calls) in (2, 4) and later else []
+
+    joined = [first, *later]
+    backend.generate_continuous([first], admit)
+    assert len(calls) >= 4 and not later
+    assert [seq.result.text for seq in joined] == alone
+    assert all(seq.result.finish_reason == "length" for seq in joined if seq.result.completion_tokens == 10)

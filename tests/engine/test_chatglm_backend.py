@@ -94,6 +94,27 @@ def test_batched_generation_matches_golden(family, backend):
         _check_against_golden(family, case, recorder)
 
 
+def test_sequences_joining_a_running_batch_match_golden(family, backend):
+    """Continuous batching: cases merged into the batch mid-decode (prompts longer and shorter
+    than the running cache) still give the reference's greedy answers exactly."""
+    cases = golden(family)["cases"][:6]
+    recorders = [Recorder(case_messages(case)) for case in cases]
+    waiting = [r.seq for r in recorders[1:]]
+    calls = []
+
+    def admit(limit):  # two join at the 3rd step, the rest one by one later
+        calls.append(limit)
+        step = len(calls)
+        taken = waiting[:2] if step == 3 else waiting[:1] if step in (6, 9, 12) else []
+        del waiting[: len(taken)]
+        return taken
+
+    backend.generate_continuous([recorders[0].seq], admit)
+    assert not waiting
+    for case, recorder in zip(cases, recorders):
+        _check_against_golden(family, case, recorder)
+
+
 def test_max_length_counts_prompt_and_answer(family, backend):
     case = golden(family)["cases"][0]
     recorder = Recorder(case_messages(case), GenerationParams(temperature=0, max_length=len(case["prompt_ids"]) + 5))

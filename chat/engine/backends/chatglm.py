@@ -1,9 +1,10 @@
 """The native ChatGLM backend (v1 ChatGLM-6B, v2 ChatGLM2-6B, v3 ChatGLM3-6B).
 
 Project-owned model and tokenizer code (chat/engine/models); nothing from the checkpoint is
-executed. Sequences of one `generate()` call are decoded together: their prompts are
-left-padded into one batch, and a sequence that finishes (EOS, budget, stop string,
-cancellation) leaves the batch at once, so it costs nothing in later steps.
+executed. Sequences are decoded together: their prompts are left-padded into one batch, a
+sequence that finishes (EOS, budget, stop string, cancellation) leaves the batch at once, so
+it costs nothing in later steps, and requests that arrive meanwhile are prefilled and merged
+into the running batch between steps (continuous batching).
 """
 
 from __future__ import annotations
@@ -95,6 +96,45 @@ class ChatGLMBackend(Backend):
         return min(budget, model.config.context_length - prompt_tokens)
 
     def generate(self, sequences: list[Sequence]) -> None:
+        self.generate_continuous(sequences, lambda limit: [])
+
+    def generate_continuous(self, sequences: list[Sequence], admit) -> None:
+        """Decode the batch step by step; between steps, sequences that arrived since are
+        prefilled and merged into it (continuous batching)."""
+        model, tokenizer = self._loaded()
+        eos = tokenizer.eos_token_ids
+        rows, batch, logits = self._prefill(sequences)
+        while True:
+            room = self.max_batch_size - len(rows)
+            new_rows, new_batch, new_logits = self._prefill(admit(room)) if room > 0 else ([], None, None)
+            if new_rows:
+                if batch is None:
+                    batch, logits = new_batch, new_logits
+                else:
+                    batch.merge(new_batch)
+                    logits = torch.cat([logits, new_logits])
+                rows = rows + new_rows
+            if not rows:
+                return
+            logits = logits.float().cpu()
+            tokens, keep = [], []
+            for index, row in enumerate(rows):
+                token = self._next_token(logits[index], row)
+                if token in eos:
+                    row.seq.finish("stop")
+                elif row.seq.push_token(token):  # False: budget, stop string or cancellation
+                    tokens.append(token)
+                    keep.append(index)
+            if not keep:
+                rows, batch, logits = [], None, None
+                continue
+            if len(keep) < len(rows):
+                batch.select(keep)
+                rows = [rows[index] for index in keep]
+            logits = model.decode(batch, tokens)
+
+    def _prefill(self, sequences: list[Sequence]):
+        """Begin the sequences and run their prompts: (rows, their DecodeBatch, logits)."""
         model, tokenizer = self._loaded()
         defaults = FAMILY_SAMPLING[model.config.family]
         rows: list[_Row] = []
@@ -110,25 +150,9 @@ class ChatGLMBackend(Backend):
             rows.append(_Row(seq, sampling, make_generator(seq.params.seed), list(prompt)))
             prompts.append(prompt)
         if not rows:
-            return
+            return [], None, None
         logits, batch = model.prefill(prompts)
-        eos = tokenizer.eos_token_ids
-        while True:
-            logits = logits.float().cpu()
-            tokens, keep = [], []
-            for index, row in enumerate(rows):
-                token = self._next_token(logits[index], row)
-                if token in eos:
-                    row.seq.finish("stop")
-                elif row.seq.push_token(token):  # False: budget, stop string or cancellation
-                    tokens.append(token)
-                    keep.append(index)
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                batch.select(keep)
-                rows = [rows[index] for index in keep]
-            logits = model.decode(batch, tokens)
+        return rows, batch, logits
 
     @staticmethod
     def _next_token(logits: torch.Tensor, row: _Row) -> int:

@@ -126,6 +126,25 @@ class DecodeBatch:
         self.key_valid = self.key_valid.index_select(0, index)
         self.next_position = self.next_position.index_select(0, index)
 
+    def merge(self, other: DecodeBatch) -> None:
+        """Take `other`'s rows in after this batch's (continuous batching). Both caches are
+        left-padded to the longer length; the padding is masked out by `key_valid`, and the
+        positions are per row, so neither batch's rows compute anything different."""
+        length = max(self.cache.length, other.cache.length)
+
+        def pad(tensor: torch.Tensor, used: int, dim_from_end: int, value=0) -> torch.Tensor:
+            tensor = tensor[..., :used, :] if dim_from_end == 2 else tensor[..., :used]
+            return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (length - used, 0), value=value)
+
+        mine, theirs = self.cache, other.cache
+        for layer in range(len(mine.keys)):
+            mine.keys[layer] = torch.cat([pad(mine.keys[layer], mine.length, 2), pad(theirs.keys[layer], theirs.length, 2)])
+            mine.values[layer] = torch.cat([pad(mine.values[layer], mine.length, 2), pad(theirs.values[layer], theirs.length, 2)])
+        mine.length = length
+        self.key_valid = torch.cat([pad(self.key_valid, self.key_valid.shape[1], 1, False),
+                                    pad(other.key_valid, other.key_valid.shape[1], 1, False)])
+        self.next_position = torch.cat([self.next_position, other.next_position])
+
     def step_mask(self) -> torch.Tensor:
         """Extend the key mask by one real position; return the step's mask [B, 1, 1, S]."""
         self.key_valid = F.pad(self.key_valid, (0, 1), value=True)

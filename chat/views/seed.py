@@ -15,7 +15,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from .. import params
+from .. import live, params
 from ..engine import TextDelta, get_engine
 from ..errors import ChatError, invalid
 from ..models import Source
@@ -88,6 +88,8 @@ async def stream(request):
         turn = await start_turn(await _turn_input(request))
     except ChatError as error:
         return error_response(error, SEED_ENVELOPE)
+    if turn.owner.is_person:
+        live.ensure_broadcast(turn)  # the page's fallback: the person's other tabs see it live too
     return sse.response(_stream_body(turn), turn)
 
 

@@ -370,3 +370,26 @@ async def test_foreign_or_missing_origin_is_rejected(engine, headers):
     socket = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await socket.connect()
     assert not connected
+
+
+async def test_a_tab_following_a_conversation_sees_an_answer_asked_over_sse(slow_engine):
+    """The page's /stream fallback in one tab; another tab's socket follows the conversation."""
+    from django.test import AsyncClient
+
+    session_key = await visitor_session()
+    browser = AsyncClient()
+    browser.cookies[settings.SESSION_COOKIE_NAME] = session_key
+    first = await browser.post("/chat", {"query": "first"}, content_type="application/json")
+    conversation_id = first.json()["conversation_id"]
+
+    tab = await open_socket(session_key)
+    await tab.send_json_to({"type": "subscribe", "conversation_id": conversation_id})
+    assert (await tab.receive_json_from())["type"] == "subscribed"
+    response = await browser.post("/stream", {"query": "asked over SSE", "conversation_id": conversation_id},
+                                  content_type="application/json")
+    frames = await frames_until(tab, "done")  # the SSE response itself is left unread
+    assert frames[0]["type"] == "start" and frames[0]["request_id"] is None
+    assert frames[-1]["response"] == "You said: asked over SSE"
+    assert text_of(frames) == frames[-1]["response"]
+    await response.streaming_content.aclose()
+    await tab.disconnect()

@@ -114,6 +114,13 @@ class Engine:
         return self._ready.is_set() and self._load_error is None
 
     @property
+    def state(self) -> str:
+        """`loading`, `ready` or `failed`."""
+        if not self._ready.is_set():
+            return "loading"
+        return "failed" if self._load_error is not None else "ready"
+
+    @property
     def info(self) -> ModelInfo:
         return self.wait_ready()
 

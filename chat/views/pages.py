@@ -27,8 +27,7 @@ def index(request):
 def healthz(request):
     engine = get_engine()
     if not engine.ready:
-        status = "loading" if not engine._ready.is_set() else "failed"
-        return JsonResponse({"status": status, "queue": engine.queue_length()}, status=503)
+        return JsonResponse({"status": engine.state, "queue": engine.queue_length()}, status=503)
     info = engine.info
     return JsonResponse({
         "status": "ok",

@@ -70,6 +70,7 @@ class SteppingBackend(Backend):
 def make_engine(backend, max_queue=8):
     engine = Engine(lambda: backend, max_queue=max_queue)
     engine.wait_ready(10)
+    assert engine.state == "ready"
     return engine
 
 
@@ -192,6 +193,7 @@ async def test_load_failure_is_reported():
     engine = Engine(lambda: Broken(), max_queue=2)
     with pytest.raises(EngineUnavailable, match="no weights here"):
         engine.wait_ready(5)
+    assert engine.state == "failed" and not engine.ready
     with pytest.raises(EngineUnavailable):
         engine.submit(USER, GenerationParams())
 

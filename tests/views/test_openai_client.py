@@ -163,3 +163,22 @@ def test_queue_full_is_rate_limit_error(servers):
                     client_for(server).chat.completions.create(
                         model="fake", messages=[{"role": "user", "content": "hi"}])
                 assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.slow
+def test_the_default_model_through_the_official_client(servers, default_model_dir):
+    """The embedded SmolLM2 behind the OpenAI API, as a drop-in client sees it."""
+    server = servers.start(model="", env={"CHATGLM_CACHE_DIR": str(default_model_dir.parent)},
+                           data_dir=servers.tmp_path / "default-model")
+    client = client_for(server)
+    [model] = client.models.list().data
+    assert model.id == "SmolLM2-135M-Instruct"
+    messages = [{"role": "system", "content": "You are a geography tutor."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    completion = client.chat.completions.create(model=model.id, messages=messages, max_tokens=40)
+    assert "Paris" in completion.choices[0].message.content
+    chunks = list(client.chat.completions.create(model=model.id, messages=messages, max_tokens=40, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content  # greedy by default: the same answer
+    assert "\ufffd" not in text and chunks[-1].usage.completion_tokens > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -526,3 +527,76 @@ def test_account_pages_are_styled(page, shot):
     page.emulate_media(color_scheme="dark")
     page.goto("/accounts/signup/")
     shot(page, "signup-dark", full_page=True)
+
+
+def test_an_open_conversation_updates_live_in_every_tab(browser_context, signup, shot):
+    context = browser_context()  # one browser: both tabs share the session
+    tab_a = context.new_page()
+    signup(tab_a, "tabs")
+    send(tab_a, "shared topic")
+    expect_done(tab_a, "You said: shared topic")
+    shared_url = tab_a.url
+    tab_a.click("#new-chat")
+    send(tab_a, "other topic")
+    expect_done(tab_a, "You said: other topic")
+    tab_a.locator("#conversation-list a", has_text="shared topic").click()
+    expect(tab_a.locator(".msg.user")).to_have_count(1)
+
+    # Tab B opens the same conversation; it is idle, and its socket follows the conversation.
+    tab_b = context.new_page()
+    received = []
+    tab_b.on("websocket", lambda ws: ws.on("framereceived", lambda payload: received.append(json.loads(payload))))
+    tab_b.goto(shared_url)
+    wait_ready(tab_b)
+    conversation_id = shared_url.split("#")[1]
+
+    def subscribed() -> int:
+        return sum(1 for f in received if f["type"] == "subscribed" and f["conversation_id"] == conversation_id)
+
+    def wait_until(check, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, "timed out"
+            tab_b.wait_for_timeout(50)
+
+    wait_until(lambda: subscribed() >= 1)
+    expect(tab_b.locator(".msg.user")).to_have_count(1)
+    expect_titles(tab_b, ["other topic", "shared topic"])
+
+    # Asked in tab A: tab B shows the question, then the answer as it is generated.
+    send(tab_a, LONG)
+    expect(tab_b.locator(".msg.user .bubble").last).to_have_text(LONG)
+    answer = tab_b.locator(ANSWERS).last
+    expect(answer).to_have_attribute("data-state", "streaming")
+    expect(answer.locator(".md")).to_have_text(re.compile(r"^You said: word0"))
+    partial = answer_text(tab_b)
+    expect(tab_b.locator("#stop")).to_be_visible()
+    shot(tab_b, "other-tab-streaming")
+    expect_done(tab_b, f"You said: {LONG}")
+    assert len(partial) < len(f"You said: {LONG}"), "the answer appeared in tab B while it was generated"
+    expect(answer.locator(".stats")).to_have_text(re.compile(r"tokens/s"))
+    expect(tab_b.locator("#stop")).to_be_hidden()
+    expect_titles(tab_b, ["shared topic", "other topic"])  # the sidebar follows too
+    expect_done(tab_a, f"You said: {LONG}")
+    expect(tab_a.locator(".msg.user")).to_have_count(2)  # its own answer, shown once
+    expect(tab_a.locator(ANSWERS)).to_have_count(2)
+    shot(tab_b, "other-tab-done")
+
+    # After a lost connection, tab B follows the conversation again.
+    before = subscribed()
+    tab_b.evaluate("window.chatApp.socket.ws.close()")
+    wait_until(lambda: subscribed() > before)
+    send(tab_a, "after the reconnect")
+    expect_done(tab_b, "You said: after the reconnect")
+    expect(tab_b.locator(".msg.user")).to_have_count(3)
+
+    # And the other way round: asked in tab B, shown in tab A; tab B shows its answer once.
+    expect_done(tab_a, "You said: after the reconnect")
+    send(tab_b, "asked in **tab B**")
+    expect_done(tab_a, "You said: asked in tab B")
+    expect(tab_a.locator(ANSWERS).last.locator(".md strong")).to_have_text("tab B")
+    expect_done(tab_b, "You said: asked in tab B")
+    for tab in (tab_a, tab_b):
+        expect(tab.locator(".msg.user")).to_have_count(4)
+        expect(tab.locator(ANSWERS)).to_have_count(4)
+    shot(tab_a, "other-tab-asked-in-b")

@@ -217,7 +217,10 @@ export function socketUrl() {
 /**
  * One WebSocket shared by the page, reconnecting with backoff. Frames are routed to the
  * handlers of their request_id; frames of a subscribed conversation (after a reload) are
- * bound to the subscription's handlers on first sight.
+ * bound to the subscription's handlers on first sight. The socket follows one conversation
+ * (`followed`, as the server does: the last one subscribed to or asked in) and follows it
+ * again after a reconnect; frames of answers asked elsewhere in it that no handler claims
+ * go to the `onForeign` listener.
  */
 export class ChatSocket {
   constructor(url = socketUrl()) {
@@ -226,6 +229,8 @@ export class ChatSocket {
     this.routes = new Map(); // request_id -> {handlers, conversationId}
     this.subscriptions = new Map(); // conversation_id -> handlers (not yet bound to a request)
     this.ignored = new Set(); // request ids the page stopped listening to
+    this.followed = null; // the conversation whose answers this socket receives
+    this.foreign = null; // listener for frames of answers asked elsewhere (request_id null)
     this.everOpened = false;
     this.failures = 0;
     this.listeners = new Set();
@@ -239,6 +244,10 @@ export class ChatSocket {
 
   onStatus(listener) {
     this.listeners.add(listener);
+  }
+
+  onForeign(listener) {
+    this.foreign = listener;
   }
 
   _status(open) {
@@ -275,6 +284,7 @@ export class ChatSocket {
         this.failures = 0;
         settle(true);
         this._status(true);
+        if (this.followed) this.send({ type: "subscribe", conversation_id: this.followed });
       };
       ws.onmessage = (message) => this._receive(message.data);
       ws.onerror = () => settle(false);
@@ -355,7 +365,10 @@ export class ChatSocket {
       return;
     }
     const route = this._route(frame);
-    if (!route) return;
+    if (!route) {
+      if (frame.request_id == null && frame.conversation_id) this.foreign?.(frame);
+      return;
+    }
     const h = route.handlers;
     switch (frame.type) {
       case "queued":
@@ -409,6 +422,7 @@ export class ChatSocket {
         ...handlers,
         onStart: (frame) => {
           cid.value = frame.conversation_id || cid.value;
+          if (cid.value) this.followed = cid.value; // the server follows what this socket asks in
           handlers.onStart?.(frame);
         },
       },
@@ -425,8 +439,15 @@ export class ChatSocket {
     return this._handle(rid, cid);
   }
 
+  /** Follow a conversation while the page shows it (null: none); see `onForeign`. */
+  follow(conversationId) {
+    this.followed = conversationId || null;
+    if (conversationId) this.send({ type: "subscribe", conversation_id: conversationId });
+  }
+
   /** Re-attach to a conversation whose answer is still being generated. */
   subscribe(conversationId, handlers) {
+    this.followed = conversationId;
     const rid = { value: null };
     const cid = { value: conversationId };
     this.subscriptions.set(conversationId, {

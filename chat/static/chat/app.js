@@ -4,6 +4,8 @@
 // is open, over POST /stream otherwise. The conversation is created before its first message,
 // so it has an id at once: the URL hash and localStorage point at it, and a reloaded page
 // opens it again and, if the answer is still being generated, subscribes to the rest.
+// While a saved conversation is open, the socket follows it: an answer asked in it elsewhere
+// (another tab) is shown live here too, through the same re-attach path.
 
 import { ChatSocket, conversations as api, streamOverSSE } from "./api.js";
 import { StreamingMarkdown, copyWithFeedback, handleCopyClicks, renderInto } from "./render.js";
@@ -565,6 +567,7 @@ function newChat({ focus = true } = {}) {
   state.conversationId = null;
   state.conversation = null;
   state.draft = { system_prompt: "", settings: {} };
+  socket.follow(null);
   clearMessages();
   setTitle("");
   setUrl(null);
@@ -601,12 +604,28 @@ async function openConversation(id) {
     return;
   }
   if (ticket !== state.opening) return;
+  if (state.live) return; // the user asked meanwhile: never redraw over their answer
   state.conversation = conversation;
   setTitle(conversation.title);
   setUrl(id);
   remember(id);
   const pending = renderConversation(conversation);
   if (pending) reattach(pending, id);
+  else socket.follow(id); // idle: answers asked elsewhere (another tab) in it show up here
+}
+
+/**
+ * A frame of an answer asked elsewhere (another tab) in a conversation the socket follows.
+ * On the conversation on screen, while idle: reload it from the server (the new question;
+ * the answer, still generating, is then followed by `reattach`), or, once it has ended, show
+ * it as saved. The page's own answers never come here (their frames carry its request ids).
+ */
+function showForeignTurn(frame) {
+  const id = frame.conversation_id;
+  if (state.live || id !== state.conversationId) return;
+  if (frame.type === "start") bumpInList(id);
+  else if (frame.type !== "done" && frame.type !== "error") return; // deltas: reattach catches up
+  openConversation(id);
 }
 
 window.addEventListener("hashchange", () => {
@@ -1072,6 +1091,7 @@ els.newChatTop.addEventListener("click", () => newChat());
 
 handleCopyClicks(els.messages);
 socket.onStatus((open) => showConnection(open ? "websocket" : "sse"));
+socket.onForeign(showForeignTurn);
 syncSidebarState();
 updateSendButton();
 

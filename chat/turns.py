@@ -12,6 +12,7 @@ far, then live ones, so a second tab or a reloaded page can attach mid-answer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import uuid
@@ -65,14 +66,53 @@ class TurnDone:
 
 TurnEvent = QueuePosition | Started | TextDelta | TurnDone
 
-_live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching and per-owner limits
+_live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching
 _runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
+
+
+class _Claim:
+    """A turn's hold on its conversation (one answer at a time) and on one of its owner's
+    running slots. Checked and taken with no `await` in between, so that concurrent requests
+    cannot all pass the checks before any of them registers; released when the turn ends or
+    fails to start. Counted per process, like the engine itself."""
+
+    conversations: set[str] = set()
+    running: collections.Counter = collections.Counter()
+
+    def __init__(self, owner: Owner, conversation_id: str | None):
+        if conversation_id is not None and conversation_id in self.conversations:
+            raise ChatError(
+                "An answer is still being generated in this conversation.",
+                status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
+            )
+        limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
+        if owner.is_person and limit and self.running[owner] >= limit:
+            raise ChatError(
+                f"You already have {limit} answers being generated; wait for one to finish or stop it.",
+                status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
+            )
+        self.owner, self.conversation_id, self.held = owner, None, True
+        self.running[owner] += 1
+        self.hold(conversation_id)
+
+    def hold(self, conversation_id: str | None) -> None:
+        if conversation_id is not None:
+            self.conversation_id = conversation_id
+            self.conversations.add(conversation_id)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.running[self.owner] -= 1
+            if self.running[self.owner] <= 0:
+                del self.running[self.owner]
+            self.conversations.discard(self.conversation_id)
 
 
 class Turn:
     """A running (or finished) turn. Read it with `events()`; stop it with `cancel()`."""
 
-    def __init__(self, inp: TurnInput, history: list[Pair], history_truncated: int, request):
+    def __init__(self, inp: TurnInput, history: list[Pair], history_truncated: int, request, claim: _Claim):
         self.id = uuid.uuid4().hex
         self.input = inp
         self.owner = inp.owner
@@ -85,6 +125,7 @@ class Turn:
         self.text = ""  # everything generated so far (a replaying reader may be behind it)
         self.done: TurnDone | None = None
         self._request = request
+        self._claim = claim
         self._log: list[TurnEvent] = []
         self._changed = asyncio.Condition()
 
@@ -138,6 +179,7 @@ class Turn:
                     log.exception("could not save the answer of turn %s", self.id)
             if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
                 del _live_turns[self.conversation_id]
+            self._claim.release()
             self.done = TurnDone(result, self.conversation_id, self.message_id)
             await self._publish(self.done)
 
@@ -148,7 +190,7 @@ def live_turn(conversation_id: str) -> Turn | None:
 
 
 def running_turns(owner: Owner) -> int:
-    return sum(1 for t in _live_turns.values() if t.owner == owner and not t.finished)
+    return _Claim.running[owner]
 
 
 async def ready_engine():
@@ -169,22 +211,25 @@ async def start_turn(inp: TurnInput) -> Turn:
     conversation = None
     if inp.conversation_id is not None:
         conversation, history = await _saved_history(inp.owner, inp.conversation_id)
-        if live_turn(str(conversation.id)) is not None:
-            raise ChatError(
-                "An answer is still being generated in this conversation.",
-                status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
-            )
     else:
         history = list(inp.history or [])
-    limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
-    if inp.owner.is_person and limit and running_turns(inp.owner) >= limit:
-        raise ChatError(
-            f"You already have {limit} answers being generated; wait for one to finish or stop it.",
-            status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
-        )
+    claim = _Claim(inp.owner, str(conversation.id) if conversation else None)  # no await since the read
+    try:
+        turn = await _begin(engine, inp, conversation, history, claim)
+    except BaseException:
+        claim.release()
+        raise
+    task = asyncio.get_running_loop().create_task(turn._run(), name=f"turn-{turn.id}")
+    _runner_tasks.add(task)
+    task.add_done_callback(_runner_tasks.discard)
+    return turn
 
+
+async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], claim: _Claim) -> Turn:
+    """Fit the prompt, admit it to the engine and save the question: the claimed part of a start."""
     system_prompt = inp.system_prompt if inp.system_prompt is not None else (conversation.system_prompt if conversation else "")
-    messages, truncated = fit_history(engine, system_prompt, history, inp.query, inp.params)
+    # Tokenizing a long history takes a while: off the event loop, which serves every stream.
+    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params)
     try:
         request = engine.submit(messages, inp.params)
     except EngineOverloaded as exc:
@@ -192,7 +237,7 @@ async def start_turn(inp: TurnInput) -> Turn:
     except EngineUnavailable as exc:
         raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
 
-    turn = Turn(inp, history, truncated, request)
+    turn = Turn(inp, history, truncated, request, claim)
     if inp.store:
         try:
             ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id)
@@ -200,10 +245,8 @@ async def start_turn(inp: TurnInput) -> Turn:
             request.cancel()
             raise
         turn.conversation_id, turn.user_message_id, turn.message_id = ids
+        claim.hold(turn.conversation_id)
         _live_turns[turn.conversation_id] = turn
-    task = asyncio.get_running_loop().create_task(turn._run(), name=f"turn-{turn.id}")
-    _runner_tasks.add(task)
-    task.add_done_callback(_runner_tasks.discard)
     return turn
 
 
@@ -211,17 +254,29 @@ def fit_history(engine, system_prompt: str, history: list[Pair], query: str, par
     """Chat messages for the model, and how many of the oldest pairs were left out.
 
     At most CHATGLM_MAX_HISTORY pairs, and fewer when the prompt would not leave room for
-    the answer in the model's context (oldest pairs go first).
+    the answer in the model's context (oldest pairs go first). The most pairs that fit are
+    found by bisection: a few tokenizations, not one per pair dropped.
     """
     max_pairs = max(0, settings.CHATGLM["MAX_HISTORY"])
-    kept = history[len(history) - max_pairs :] if max_pairs else []
+    candidates = history[len(history) - max_pairs :] if max_pairs else []
     context = engine.info.context_length
-    answer_room = params.max_new_tokens or min(512, context // 4)
-    while True:
-        messages = to_messages(system_prompt, kept, query)
-        if not kept or engine.count_prompt_tokens(messages) + answer_room <= context:
-            return messages, len(history) - len(kept)
-        kept = kept[1:]
+    # Room for the answer, capped so that a large max_tokens does not push out all context:
+    # the backend's own budget cuts an answer that outgrows what is left.
+    answer_room = min(params.max_new_tokens or 512, context // 4)
+
+    def fits(count: int) -> bool:
+        kept = candidates[len(candidates) - count :] if count else []
+        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + answer_room <= context
+
+    count = len(candidates)
+    if count and not fits(count):
+        low, high = 0, count  # fits(low) (the query alone is never trimmed), not fits(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        count = low
+    kept = candidates[len(candidates) - count :] if count else []
+    return to_messages(system_prompt, kept, query), len(history) - len(kept)
 
 
 def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:
@@ -286,12 +341,14 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
                 position += 2
             Message.objects.bulk_create(rows)
         else:
+            # Update the row as it is now (a rename may have landed since it was read), and
+            # refuse if it was deleted meanwhile.
+            rows = Conversation.objects.filter(pk=conversation.pk)
+            if not rows.update(model=model_id, updated_at=timezone.now()):
+                raise not_found()
+            rows.filter(title="").update(title=title_from(inp.query)[:TITLE_MAX_LENGTH])
             last = conversation.messages.aggregate(last=Max("position"))["last"]
             position = 0 if last is None else last + 1
-            if not conversation.title:
-                conversation.title = title_from(inp.query)[:TITLE_MAX_LENGTH]
-            conversation.model = model_id
-            conversation.save(update_fields=["title", "model", "updated_at"])
         question = Message.objects.create(conversation=conversation, position=position, role=Role.USER, content=inp.query)
         answer = Message.objects.create(
             conversation=conversation, position=position + 1, role=Role.ASSISTANT,

@@ -29,7 +29,8 @@ class SamplingConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 1e-5 or self.top_k == 1
+        # top_p 0 keeps only the most likely token: greedy (OpenAI clients send it to mean that).
+        return self.temperature <= 1e-5 or self.top_k == 1 or self.top_p <= 0
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
@@ -68,7 +69,8 @@ def sample_next(
     if config.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= config.top_p  # keep at least one
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= config.top_p
+        drop[..., 0] = False  # the most likely token always stays: never an all -inf row
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))

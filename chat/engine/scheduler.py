@@ -262,9 +262,9 @@ class Engine:
             for seq in live:
                 seq.finish("error", error=f"{type(exc).__name__}: {exc}")
         finally:
-            for seq in live:  # a backend that forgot to finish a sequence must not hang its caller
+            for seq in live:  # a backend that left a sequence unfinished must not hang its caller
                 if not seq.finished:
-                    seq.finish("cancelled" if seq.cancelled else "stop")
+                    seq.finish("cancelled") if seq.cancelled else seq.finish("error", error="generation ended early")
             with self._cond:
                 self._running = []
 

@@ -208,3 +208,16 @@ async def test_a_continuous_backend_takes_new_requests_into_the_running_batch():
     assert not long.sequence.finished  # the short one did not wait for the running batch to end
     assert (await collect(long))[-1].finish_reason == "stop"
     engine.stop()
+
+
+async def test_a_sequence_the_backend_leaves_unfinished_is_an_error_not_a_complete_answer():
+    class Forgetful(SteppingBackend):
+        def generate(self, sequences):
+            for seq in sequences:
+                seq.begin(1, IncrementalDetokenizer(lambda ids: "x" * len(ids)), 100)
+                seq.push_token(0)
+
+    engine = make_engine(Forgetful())
+    result = (await collect(engine.submit(USER, GenerationParams())))[-1]
+    assert result.finish_reason == "error" and result.text == "x"
+    engine.stop()

@@ -103,7 +103,8 @@ class OpenAIBackend(Backend):
                         continue
                     chunk = json.loads(line[5:])
                     if chunk.get("error"):
-                        seq.finish("error", error=f"upstream: {chunk['error'].get('message', chunk['error'])}")
+                        log.warning("upstream reported an error: %s", chunk["error"])
+                        seq.finish("error", error="upstream reported an error")
                         return
                     if chunk.get("usage"):
                         seq.prompt_tokens = chunk["usage"].get("prompt_tokens", seq.prompt_tokens)
@@ -118,5 +119,6 @@ class OpenAIBackend(Backend):
             seq.finish("length" if upstream_reason == "length" else "stop")
         except asyncio.CancelledError:
             seq.finish("cancelled")
-        except (httpx.HTTPError, ValueError) as exc:
-            seq.finish("error", error=f"upstream {self.base_url}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
+            log.warning("upstream request failed: %s: %s", type(exc).__name__, exc)
+            seq.finish("error", error=f"upstream failed: {type(exc).__name__}")

@@ -193,7 +193,7 @@ class TransformersBackend(Backend):
                 seq.finish("length")
                 continue
             sampling = SamplingConfig.from_params(seq.params, self.sampling_defaults)
-            rows.append(_Row(seq, prompt, sampling, make_generator(seq.params.seed)))
+            rows.append(_Row(seq, prompt, sampling, make_generator(seq.params.seed, self.device)))
         return rows
 
     def _prefill(self, rows: list[_Row]) -> _Batch | None:

@@ -165,3 +165,32 @@ async def test_through_the_engine(engine_env):
     events = [event async for event in engine.stream(case_messages(case), GREEDY)]
     assert events[-1].text == expected_response(case)
     assert engine.info.model_id == "chatglm2-6b-tiny"
+
+
+def test_steady_traffic_does_not_grow_the_cache(family, backend):
+    """A batch that never empties (a newcomer every few steps) keeps its cache as long as its
+    longest live row, not as long as the whole stream of traffic."""
+    cases = golden(family)["cases"]
+    params = GenerationParams(temperature=0, max_new_tokens=6)
+    recorders = [Recorder(case_messages(cases[i % len(cases)]), params) for i in range(16)]
+    waiting = [r.seq for r in recorders[1:]]
+    lengths, calls = [], []
+    decode = backend.model.decode
+
+    def recording_decode(batch, tokens):
+        lengths.append(batch.cache.length)
+        return decode(batch, tokens)
+
+    def admit(limit):
+        calls.append(limit)
+        return [waiting.pop(0)] if waiting and len(calls) % 3 == 0 else []
+
+    backend.model.decode = recording_decode
+    try:
+        backend.generate_continuous([recorders[0].seq], admit)
+    finally:
+        backend.model.decode = decode
+    assert not waiting and len(lengths) > 40
+    longest_prompt = max(len(case["prompt_ids"]) for case in cases)
+    assert max(lengths) <= longest_prompt + 6 + 1
+    assert all(r.result.text for r in recorders)

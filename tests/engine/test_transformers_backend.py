@@ -192,3 +192,36 @@ def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path,
     assert len(calls) >= 4 and not later
     assert [seq.result.text for seq in joined] == alone
     assert all(seq.result.finish_reason == "length" for seq in joined if seq.result.completion_tokens == 10)
+
+
+def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer):
+    """A batch that never empties keeps its cache as long as its longest live row."""
+    import threading
+
+    from chat.engine.base import Sequence
+
+    build_checkpoint(tmp_path, smol_tokenizer, "llama")
+    backend = TransformersBackend(EngineConfig(model=str(tmp_path), max_batch_size=4))
+    backend.load()
+    params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
+    texts = ["Hello!", "A much longer question that makes a long prompt for this test", "Why?"]
+    sequences = [Sequence([{"role": "user", "content": texts[i % 3]}], params, lambda e: None, threading.Event())
+                 for i in range(16)]
+    waiting = sequences[1:]
+    lengths, calls = [], []
+    step = backend._decode_step
+
+    def recording_step(batch):
+        lengths.append(batch.mask.shape[1])
+        return step(batch)
+
+    def admit(limit):
+        calls.append(limit)
+        return [waiting.pop(0)] if waiting and len(calls) % 3 == 0 else []
+
+    backend._decode_step = recording_step
+    backend.generate_continuous([sequences[0]], admit)
+    assert not waiting and len(lengths) > 40
+    longest_prompt = max(backend.count_prompt_tokens([{"role": "user", "content": t}]) for t in texts)
+    assert max(lengths) <= longest_prompt + 6 + 1
+    assert all(seq.result.finish_reason in ("length", "stop") for seq in sequences)

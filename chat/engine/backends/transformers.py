@@ -220,6 +220,8 @@ class TransformersBackend(Backend):
             cache.batch_select_indices(index)
             rows, mask, positions = [rows[i] for i in keep], mask[index], positions[index]
             next_ids = [next_ids[i] for i in keep]
+            if batch.joinable:
+                mask = _trim_padding(cache, mask)
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
         positions = positions + 1
         out = self.model(
@@ -270,12 +272,24 @@ class _Batch:
         for mine, theirs in zip(running.cache.layers, joining.cache.layers):
             mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
             mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+        mask = _trim_padding(running.cache, torch.cat([pad(running.mask, 1), pad(joining.mask, 1)]))
         return _Batch(
-            running.rows + joining.rows, running.cache,
-            torch.cat([pad(running.mask, 1), pad(joining.mask, 1)]),
+            running.rows + joining.rows, running.cache, mask,
             torch.cat([running.positions, joining.positions]),
             torch.cat([running.logits, joining.logits]),
         )
+
+
+def _trim_padding(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop leading cache positions that are padding in every row; return the mask to match.
+    Merges pad to the longest row and rows leave, so without this a batch that never empties
+    (steady traffic) would carry an ever longer cache."""
+    valid = mask.any(0)
+    first = int(valid.nonzero()[0]) if bool(valid.any()) else 0
+    if first:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return mask[:, first:]
 
 
 class _Row:

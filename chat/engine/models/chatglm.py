@@ -125,6 +125,20 @@ class DecodeBatch:
         self.cache.select(index)
         self.key_valid = self.key_valid.index_select(0, index)
         self.next_position = self.next_position.index_select(0, index)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading cache positions that are padding in every row. Merges pad to the
+        longest row and rows leave, so without this a batch that never empties (steady
+        traffic) would carry an ever longer cache."""
+        valid = self.key_valid.any(0)
+        first = int(valid.nonzero()[0]) if bool(valid.any()) else 0
+        if first:
+            cache = self.cache
+            cache.keys = [None if k is None else k[:, :, first:] for k in cache.keys]
+            cache.values = [None if v is None else v[:, :, first:] for v in cache.values]
+            cache.length -= first
+            self.key_valid = self.key_valid[:, first:]
 
     def merge(self, other: DecodeBatch) -> None:
         """Take `other`'s rows in after this batch's (continuous batching). Both caches are
@@ -144,6 +158,7 @@ class DecodeBatch:
         self.key_valid = torch.cat([pad(self.key_valid, self.key_valid.shape[1], 1, False),
                                     pad(other.key_valid, other.key_valid.shape[1], 1, False)])
         self.next_position = torch.cat([self.next_position, other.next_position])
+        self._trim()
 
     def step_mask(self) -> torch.Tensor:
         """Extend the key mask by one real position; return the step's mask [B, 1, 1, S]."""

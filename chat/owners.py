@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import uuid
 
@@ -36,13 +37,16 @@ class Owner:
 
 
 def api_keys() -> dict[str, str]:
-    """CHATGLM_API_KEYS as {key: name}. Entries are `name:key` or a bare `key` (named by its prefix)."""
+    """CHATGLM_API_KEYS as {key: name}. Entries are `name:key`, or a bare `key`, which is named
+    by a hash of it (a prefix would be shared by keys alike and would store part of the secret).
+    Entries with an empty key are ignored: an empty key must never match a missing header."""
     keys = {}
     for entry in settings.CHATGLM["API_KEYS"]:
         name, sep, key = entry.partition(":")
         if not sep:
-            name, key = f"key-{entry[:6]}", entry
-        keys[key] = name
+            name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:12]}", entry
+        if key:
+            keys[key] = name
     return keys
 
 
@@ -52,7 +56,7 @@ def api_key_name(presented: str) -> str | None:
     for key, name in api_keys().items():
         if hmac.compare_digest(key.encode(), presented.encode()):
             found = name
-    return found
+    return found if presented else None
 
 
 def bearer_token(authorization: str) -> str:

@@ -14,7 +14,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import exports, params, selectors, services
+from .. import exports, live, params, selectors, services
 from ..errors import ChatError, invalid
 from ..owners import session_owner
 from ..turns import live_turn
@@ -114,9 +114,12 @@ async def delete_conversation(request, conversation_id):
     owner = await _owner(request)
     conversation_id = params.conversation_id(conversation_id)
     await sync_to_async(services.delete_conversation)(owner, conversation_id)
+    # Nobody can see this answer any more: stop generating it, here or on another process.
     turn = live_turn(str(conversation_id))
     if turn is not None:
-        turn.cancel()  # nobody can see this answer any more: stop generating it
+        turn.cancel()
+    else:
+        await live.request_stop(conversation_id)
     return HttpResponse(status=204)
 
 

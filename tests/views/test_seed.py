@@ -296,3 +296,14 @@ async def test_stream_from_the_default_model(engine_env, async_client, default_m
     assert final["finished"] is True and "Paris" in final["response"]
     assert "".join(e["delta"] for e in events) == final["response"]
     assert not any("\ufffd" in e["delta"] for e in events)
+
+
+async def test_api_key_entries_bare_and_empty(engine, settings):
+    settings.CHATGLM = {**settings.CHATGLM, "API_KEYS": ["sk-live-aaaa", "sk-live-bbbb", "empty:"]}
+    names = set()
+    for key in ("sk-live-aaaa", "sk-live-bbbb"):
+        body = (await post(AsyncClient(), "/chat", {"query": "q"}, headers={"Authorization": f"Bearer {key}"})).json()
+        names.add((await Conversation.objects.aget(pk=body["conversation_id"])).api_key_name)
+    assert len(names) == 2 and not any("sk-live" in name for name in names)  # distinct, no secret stored
+    for header in ("Basic x", "Bearer ", "Bearer"):  # an empty key never matches the empty entry
+        assert (await post(AsyncClient(), "/chat", {"query": "q"}, headers={"Authorization": header})).status_code == 401

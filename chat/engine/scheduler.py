@@ -258,9 +258,9 @@ class Engine:
             if live:
                 backend.generate_continuous(list(live), admit)
         except Exception as exc:  # noqa: BLE001 - a failed generation must not stop the engine
-            log.exception("generation failed")
+            log.exception("generation failed")  # the details go to the log, not to clients
             for seq in live:
-                seq.finish("error", error=f"{type(exc).__name__}: {exc}")
+                seq.finish("error", error=f"the model failed ({type(exc).__name__})")
         finally:
             for seq in live:  # a backend that left a sequence unfinished must not hang its caller
                 if not seq.finished:

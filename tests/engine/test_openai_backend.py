@@ -42,7 +42,7 @@ async def run(engine, text, params=GenerationParams()):
 
 async def test_streams_whole_characters_with_the_upstream_usage(upstream):
     engine = engine_for(upstream)
-    assert engine.info.model_id == "fake" and engine.info.backend == "openai"
+    assert engine.info.model_id == "fake" and engine.info.backend == "openai" and engine.info.device == "upstream"
     text, result = await run(engine, "你好🙂")
     assert text == result.text == "You said: 你好🙂" and result.finish_reason == "stop"
     assert result.completion_tokens == 11 and result.prompt_tokens > 0  # the upstream's own count
@@ -106,5 +106,15 @@ def test_serve_with_an_upstream(upstream, server_factory):
     site = server_factory.start(model="default", args=("--upstream-url", f"{upstream.url}/v1"),
                                 env={"CHATGLM_UPSTREAM_API_KEY": "sk-up"})
     health = httpx.get(f"{site.url}/healthz").json()
-    assert health["backend"] == "openai" and health["model"] == "fake"
+    assert health["backend"] == "openai" and health["model"] == "fake" and health["device"] == "upstream"
     assert httpx.post(f"{site.url}/chat", json={"query": "via upstream"}, timeout=30).json()["response"] == "You said: via upstream"
+
+
+def test_credentials_in_the_upstream_url_never_show(upstream):
+    """httpx sends URL credentials as Basic auth (this upstream wants its Bearer key, so the load
+    fails): the message that reaches the log and a 503 names the host, not the password."""
+    url = upstream.url.replace("http://", "http://user:hunter2@") + "/v1"
+    engine = Engine(lambda: OpenAIBackend(EngineConfig(upstream_url=url, upstream_api_key="sk-up")))
+    with pytest.raises(EngineUnavailable) as failure:
+        engine.wait_ready(30)
+    assert "hunter2" not in str(failure.value) and upstream.url[7:] in str(failure.value)

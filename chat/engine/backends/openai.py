@@ -45,18 +45,25 @@ class OpenAIBackend(Backend):
             response.raise_for_status()
             models = response.json()["data"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise EngineUnavailable(f"upstream {self.base_url} did not list its models: {exc}") from exc
+            detail = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+            raise EngineUnavailable(
+                f"upstream {_without_credentials(self.base_url)} did not list its models: {detail}"
+            ) from exc
         chosen = next((m for m in models if m.get("id") == self.model), None) if self.model else (models or [None])[0]
         if chosen is None:
-            raise EngineUnavailable(f"upstream {self.base_url} does not serve model {self.model or '(any)'}")
+            raise EngineUnavailable(
+                f"upstream {_without_credentials(self.base_url)} does not serve model {self.model or '(any)'}"
+            )
         self.model = chosen["id"]
         self.context_length = int(chosen.get("max_model_len") or chosen.get("context_length") or self.context_length)
 
     @property
     def info(self) -> ModelInfo:
+        # The health check is public: it says "upstream", and the start log names the host
+        # without any credentials in the URL.
         return ModelInfo(
-            model_id=self.model, backend="openai", device=self.base_url,
-            context_length=self.context_length, source=f"upstream {self.base_url}",
+            model_id=self.model, backend="openai", device="upstream",
+            context_length=self.context_length, source=f"upstream {_without_credentials(self.base_url)}",
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
@@ -122,3 +129,7 @@ class OpenAIBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
             log.warning("upstream request failed: %s: %s", type(exc).__name__, exc)
             seq.finish("error", error=f"upstream failed: {type(exc).__name__}")
+
+
+def _without_credentials(url: str) -> str:
+    return str(httpx.URL(url).copy_with(username=None, password=None))

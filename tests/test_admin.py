@@ -17,12 +17,6 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/chat/conversation/"
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    """Hashing passwords at production strength is most of these tests' time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def admin_client(client):
     client.force_login(User.objects.create_superuser("root", "root@example.com", "root-pass-123"))

@@ -17,12 +17,6 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "a-Long-pass-4321"
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    """Hashing passwords at production strength is most of these tests' time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def start_anonymous_conversation(client, title="anonymous chat") -> str:
     r = client.post("/api/conversations", {"title": title}, content_type="application/json")
     assert r.status_code == 201, r.content

@@ -7,7 +7,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
@@ -18,12 +17,6 @@ from chat.owners import VISITOR_SESSION_KEY
 pytestmark = pytest.mark.django_db
 
 API = "/api/conversations"
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    """Hashing passwords at production strength is most of these tests' time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def url(conversation_id) -> str:
@@ -57,16 +50,6 @@ def snapshot() -> list:
         list(Conversation.objects.order_by("pk").values()),
         list(Message.objects.order_by("pk").values()),
     ]
-
-
-@pytest.fixture
-def alice():
-    return User.objects.create_user("alice", password="pw-alice-123")
-
-
-@pytest.fixture
-def bob():
-    return User.objects.create_user("bob", password="pw-bob-123")
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import uuid
 
 from django.conf import settings
 
+from .errors import ChatError
+
 VISITOR_SESSION_KEY = "chatglm_visitor"
 
 
@@ -72,6 +74,10 @@ async def session_owner(user, session, create: bool) -> Owner:
     """
     if user is not None and user.is_authenticated:
         return Owner(user_id=user.pk)
+    if settings.CHATGLM["REQUIRE_LOGIN"]:
+        # Without this switch anyone may chat as an anonymous visitor, and so may a program
+        # that poses as a browser, whatever CHATGLM_API_KEYS says.
+        raise ChatError("Log in to use the chat.", status=401, type="authentication_error", code="login_required")
     raw = await session.aget(VISITOR_SESSION_KEY)
     if raw is None:
         if not create:

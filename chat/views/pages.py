@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.urls import path
@@ -17,6 +19,8 @@ from ..owners import VISITOR_SESSION_KEY
 def index(request):
     """The chat page. An anonymous visitor gets their visitor id (and session cookie) here, so
     their conversations are theirs from the first question on."""
+    if not request.user.is_authenticated and settings.CHATGLM["REQUIRE_LOGIN"]:
+        return redirect_to_login(request.get_full_path())
     if not request.user.is_authenticated and VISITOR_SESSION_KEY not in request.session:
         request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
     engine = get_engine()

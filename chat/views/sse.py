@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import AsyncIterator
 
 from django.http import StreamingHttpResponse
@@ -31,14 +30,30 @@ def comment(text: str) -> str:
     return f": {text}\n\n"
 
 
+class _TurnStream(StreamingHttpResponse):
+    """A stream tied to a turn: closing the response cancels the turn.
+
+    Django's ASGI handler closes every response when the request ends, also when the client
+    disconnected before the body started, in which case the body's own `finally` never runs
+    and the answer would be generated for nobody. After a complete answer the turn is done
+    and cancelling it does nothing. (`close()` may run on a worker thread: cancelling is
+    thread-safe.)"""
+
+    def __init__(self, body, turn):
+        super().__init__(body, content_type="text/event-stream; charset=utf-8")
+        self.turn = turn
+
+    def close(self):
+        self.turn.cancel()
+        super().close()
+
+
 def response(body: AsyncIterator[str], turn=None) -> StreamingHttpResponse:
-    """A streaming SSE response. With `turn`, the turn is cancelled if the response is dropped
-    unsent: a client that disconnects before the body starts never runs the body's `finally`
-    (Django cancels the task and does not close the response), and the answer would be
-    generated for nobody. Cancelling a finished turn does nothing."""
-    resp = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+    """A streaming SSE response; with `turn`, one that cancels the turn when it is closed."""
     if turn is not None:
-        weakref.finalize(resp, turn.cancel)
+        resp = _TurnStream(body, turn)
+    else:
+        resp = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
     resp["Cache-Control"] = "no-cache"
     resp["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return resp

@@ -128,10 +128,6 @@ class Message(models.Model):
         return f"{self.role}: {self.content[:60]}"
 
     @property
-    def is_complete(self) -> bool:
-        return self.role != Role.ASSISTANT or self.finish_reason != FinishReason.GENERATING
-
-    @property
     def tokens_per_second(self) -> float | None:
         if not self.completion_tokens or not self.duration:
             return None

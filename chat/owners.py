@@ -27,16 +27,6 @@ class Owner:
         """A browser user (account or anonymous session), as opposed to a program."""
         return self.user_id is not None or self.visitor is not None
 
-    @property
-    def label(self) -> str:
-        if self.user_id is not None:
-            return f"user:{self.user_id}"
-        if self.visitor is not None:
-            return f"visitor:{self.visitor}"
-        if self.api_key:
-            return f"key:{self.api_key}"
-        return "open-api" if self.open_api else "nobody"
-
 
 def api_keys() -> dict[str, str]:
     """CHATGLM_API_KEYS as {key: name}. Entries are `name:key`, or a bare `key`, which is named

@@ -126,7 +126,7 @@ def test_mark_interrupted_answers_marks_only_generating_answers(alice):
     done = Message.objects.create(conversation=c, position=1, role=Role.ASSISTANT, content="a", finish_reason="stop")
     Message.objects.create(conversation=c, position=2, role=Role.USER, content="q2")
     stuck = Message.objects.create(conversation=c, position=3, role=Role.ASSISTANT, content="half")
-    assert not stuck.is_complete
+    assert stuck.finish_reason == FinishReason.GENERATING
 
     assert mark_interrupted_answers() == 1
     stuck.refresh_from_db()

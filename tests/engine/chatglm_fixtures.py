@@ -1,7 +1,7 @@
 """Where the ChatGLM golden fixtures live, and small helpers over them.
 
-`CHATGLM_FIXTURES` names the folder; otherwise it is `<repo root>/../shared/fixtures/chatglm`
-(CI clones the repository next to `shared/`). Tests skip cleanly when it is absent.
+The tiny checkpoints and their golden outputs are vendored in `tests/fixtures/chatglm/` (its
+README says how they were made); `CHATGLM_FIXTURES` may name another copy.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ FAMILIES = ("v1", "v2", "v3")
 
 def fixtures_dir() -> Path:
     configured = os.environ.get("CHATGLM_FIXTURES", "").strip()
-    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "fixtures" / "chatglm"
+    return Path(configured) if configured else REPO_ROOT / "tests" / "fixtures" / "chatglm"
 
 
 def require_fixtures() -> Path:
     root = fixtures_dir()
     if not (root / "golden" / "v1.json").is_file():
-        pytest.skip(f"ChatGLM fixtures not found at {root} (set CHATGLM_FIXTURES)")
+        pytest.fail(f"ChatGLM fixtures not found at {root}")
     return root
 
 

@@ -31,7 +31,10 @@ class LlamaServer:
 
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf_path)
-        if exact:  # float32 KV cache: llama.cpp's default F16 cache rounds keys and values
+        if exact:
+            # llama.cpp's CPU flash attention rounds queries to F16 and its default KV cache is
+            # F16: ~1e-2 logit error, which flips low-margin golden steps. Without them the
+            # logits match the float32 reference to ~1e-5.
             params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
             params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_ctx = 1024
@@ -77,12 +80,13 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def servers(cache_dir):
     """Servers by (family, quantize), started on first use and shared by the module's tests."""
-    started: dict[tuple[str, int], LlamaServer] = {}
+    started: dict[tuple[str, int, bool], LlamaServer] = {}
 
-    def get(family: str, quantize: int) -> LlamaServer:
-        if (family, quantize) not in started:
-            started[(family, quantize)] = LlamaServer(ensure_gguf(checkpoint(family), cache_dir, quantize), exact=quantize == 32)
-        return started[(family, quantize)]
+    def get(family: str, quantize: int, exact: bool = False) -> LlamaServer:
+        key = (family, quantize, exact)
+        if key not in started:
+            started[key] = LlamaServer(ensure_gguf(checkpoint(family), cache_dir, quantize), exact=exact)
+        return started[key]
 
     yield get
     started.clear()
@@ -111,9 +115,27 @@ def expected_text(family: str, case: dict) -> str:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_llama_cpp_builds_the_golden_prompt_ids(family, servers):
-    server = servers(family, 32)
+    server = servers(family, 16)
     for case in golden(family)["cases"]:
         assert server.prompt_ids(case_messages(case)) == case["prompt_ids"], case["id"]
+
+
+EXTRA_CONVERSATIONS = [
+    # special-token names inside words stay text ("desktop", "geopolitics": sop / eop)
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "desktop people sop eop"}],
+    [{"role": "user", "content": "  two spaces\n\nnew"}, {"role": "assistant", "content": "geopolitics"},
+     {"role": "user", "content": "\tTab 🙂 鳙"}],
+    [{"role": "user", "content": ""}],
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_llama_cpp_builds_the_native_prompt_ids(family, servers):
+    """Beyond the golden cases: system messages, special names inside words, empty content."""
+    server = servers(family, 16)
+    tokenizer = load_tokenizer(checkpoint(family), family)
+    for messages in EXTRA_CONVERSATIONS:
+        assert server.prompt_ids(messages) == tokenizer.build_prompt(messages), messages
 
 
 # -- step 2: weights -------------------------------------------------------------------------------
@@ -121,7 +143,9 @@ def test_llama_cpp_builds_the_golden_prompt_ids(family, servers):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_answers_equal_the_reference(family, servers):
-    server = servers(family, 32)
+    """`--quantize 16` is lossless here (the checkpoints are float16): with llama.cpp's exact
+    attention path the answers are the reference's, id for id."""
+    server = servers(family, 16, exact=True)
     data = golden(family)
     for case in data["cases"]:
         assert server.greedy_ids(case["prompt_ids"], data["max_new_tokens"]) == case["greedy_ids"], case["id"]
@@ -132,3 +156,29 @@ def test_greedy_answers_equal_the_reference(family, servers):
         assert choice["finish_reason"] == ("stop" if case["stopped_by"] == "eos" else "length"), case["id"]
         # llama.cpp returns the raw decoded text; the backend applies the family's post-processing
         assert postprocess_response(family, choice["message"]["content"]) == expected_text(family, case), case["id"]
+
+
+# -- step 3: quantized variants --------------------------------------------------------------------
+
+
+def teacher_forced_agreement(server: LlamaServer, family: str) -> float:
+    """Share of golden steps where the model, fed the golden prefix, picks the golden next id."""
+    agree = total = 0
+    for case in golden(family)["cases"]:
+        for t, expected in enumerate(case["greedy_ids"]):
+            agree += server.greedy_ids(case["prompt_ids"] + case["greedy_ids"][:t], 1)[:1] == [expected]
+            total += 1
+    return agree / total
+
+
+# Random tiny weights have small logit margins, so quantization flips some argmaxes: measured
+# 95% (Q8_0) and 55% (Q4_0) on both families; a broken layout would agree on ~0%.
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("quantize", "floor"), [(8, 0.9), (4, 0.4)])
+def test_quantized_variants_answer(family, quantize, floor, servers):
+    server = servers(family, quantize)
+    assert teacher_forced_agreement(server, family) >= floor
+    case = golden(family)["cases"][0]
+    result = server.chat(case_messages(case), 32)
+    assert result["choices"][0]["finish_reason"] in ("stop", "length")
+    assert result["choices"][0]["message"]["content"].strip()

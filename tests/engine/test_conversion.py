@@ -8,17 +8,25 @@ built from config are compared with transformers' own generate().
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
+import gguf
 import pytest
+import torch
 
 from chat.engine.config import ConfigError
 from chat.engine.conversion import ensure_gguf
 from chat.engine.models.chatglm_tokenizer import load_tokenizer, postprocess_response
 
-from .chatglm_fixtures import answer_ids, case_messages, checkpoint, expected_response, golden
+from .chatglm_fixtures import REPO_ROOT, answer_ids, case_messages, checkpoint, expected_response, golden
 
 FAMILIES = {"v2": "chatglm2", "v3": "chatglm3"}
 
@@ -182,3 +190,131 @@ def test_quantized_variants_answer(family, quantize, floor, servers):
     result = server.chat(case_messages(case), 32)
     assert result["choices"][0]["finish_reason"] in ("stop", "length")
     assert result["choices"][0]["message"]["content"].strip()
+
+
+# -- step 5: the cache -----------------------------------------------------------------------------
+
+
+def copy_checkpoint(family: str, destination: Path) -> Path:
+    shutil.copytree(checkpoint(family), destination)
+    return destination
+
+
+def test_a_second_start_reuses_the_file(tmp_path, caplog):
+    source = copy_checkpoint("v2", tmp_path / "chatglm2-6b")
+    with caplog.at_level(logging.INFO, logger="chat.engine.conversion"):
+        first = ensure_gguf(source, tmp_path / "cache", 8)
+        stat = first.stat()
+        assert "converting" in caplog.text
+        caplog.clear()
+        again = ensure_gguf(source, tmp_path / "cache", 8)
+    assert again == first and "using cached GGUF" in caplog.text and "converting" not in caplog.text
+    assert (again.stat().st_ino, again.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, first.name + ".lock"])
+    # another output type is another file
+    assert ensure_gguf(source, tmp_path / "cache", 4) != first
+
+
+def test_a_changed_checkpoint_gets_a_new_file(tmp_path):
+    source = copy_checkpoint("v2", tmp_path / "chatglm2-6b")
+    cache = tmp_path / "cache"
+    original = ensure_gguf(source, cache, 16)
+
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "layernorm_epsilon": 1e-6}))
+    after_config = ensure_gguf(source, cache, 16)
+    assert after_config != original
+
+    shard = sorted(source.glob("pytorch_model-*.bin"))[0]  # same shapes and size, one weight changed
+    state = torch.load(shard, weights_only=True)
+    name = next(iter(state))
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] += 1
+    torch.save(state, shard)
+    after_weights = ensure_gguf(source, cache, 16)
+    assert after_weights not in (original, after_config)
+    assert original.is_file() and after_config.is_file()  # earlier files are left alone
+
+
+def test_concurrent_starts_convert_once(tmp_path, caplog):
+    source = copy_checkpoint("v3", tmp_path / "chatglm3-6b")
+    with caplog.at_level(logging.INFO, logger="chat.engine.conversion"):
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            paths = list(pool.map(lambda _: ensure_gguf(source, tmp_path / "cache", 16), range(4)))
+    assert len(set(paths)) == 1 and paths[0].is_file()
+    assert caplog.text.count("converting ") == 1
+
+
+KILLED_CONVERSION = """
+import sys, time
+from pathlib import Path
+import gguf
+from chat.engine.conversion import ensure_gguf
+
+real = gguf.GGUFWriter.write_tensor_data
+def write_then_hang(self, tensor, *args, **kwargs):
+    real(self, tensor, *args, **kwargs)
+    self.flush()
+    Path(sys.argv[3]).touch()
+    time.sleep(600)
+gguf.GGUFWriter.write_tensor_data = write_then_hang
+ensure_gguf(Path(sys.argv[1]), Path(sys.argv[2]), 16)
+"""
+
+
+def test_a_killed_conversion_leaves_nothing_taken_as_complete(tmp_path, caplog):
+    source = copy_checkpoint("v2", tmp_path / "chatglm2-6b")
+    cache = tmp_path / "cache"
+    marker = tmp_path / "one-tensor-written"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_CONVERSION, str(source), str(cache), str(marker)],
+                               cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the conversion did not start"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    left = [p for p in cache.iterdir() if not p.name.endswith(".lock")]
+    assert len(left) == 1 and left[0].name.startswith(".") and left[0].name.endswith(".tmp")  # partial, hidden
+
+    with caplog.at_level(logging.INFO, logger="chat.engine.conversion"):
+        path = ensure_gguf(source, cache, 16)
+    assert "converting" in caplog.text and "interrupted conversion" in caplog.text
+    assert not left[0].exists()
+    assert gguf.GGUFReader(path).fields["general.architecture"].contents() == "chatglm"
+
+
+def test_a_failed_conversion_leaves_no_file(tmp_path, monkeypatch):
+    source = copy_checkpoint("v2", tmp_path / "chatglm2-6b")
+
+    def fail(self, tensor, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", fail)
+    with pytest.raises(OSError, match="disk full"):
+        ensure_gguf(source, tmp_path / "cache", 16)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+# -- what is refused -------------------------------------------------------------------------------
+
+
+def test_chatglm_v1_stays_on_the_native_backend(tmp_path):
+    with pytest.raises(ConfigError, match="native backend") as error:
+        ensure_gguf(checkpoint("v1"), tmp_path, 16)
+    assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_model_types_and_bits_are_refused(tmp_path):
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConfigError, match="model_type 'llama'"):
+        ensure_gguf(llama, tmp_path / "cache", 16)
+    with pytest.raises(ConfigError, match="quantize must be"):
+        ensure_gguf(checkpoint("v2"), tmp_path / "cache", 5)
+    with pytest.raises(ConfigError, match="no config.json"):
+        ensure_gguf(tmp_path / "missing", tmp_path / "cache", 16)

@@ -318,3 +318,37 @@ def test_unknown_model_types_and_bits_are_refused(tmp_path):
         ensure_gguf(checkpoint("v2"), tmp_path / "cache", 5)
     with pytest.raises(ConfigError, match="no config.json"):
         ensure_gguf(tmp_path / "missing", tmp_path / "cache", 16)
+
+
+# -- step 4: GLM-4 (transformers' glm and glm4 model types) ----------------------------------------
+
+GLM_CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好，世界 🙂 and why?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2 =  4?"}],
+]
+
+
+@pytest.mark.parametrize("model_type", ["glm", "glm4"])
+def test_glm4_answers_equal_transformers_generate(model_type, tmp_path, smol_tokenizer):
+    """Tiny GLM-4 (glm-4-9b-chat-hf layout) and GLM-4-0414 checkpoints built from config, float32."""
+    from .test_transformers_backend import build_checkpoint, reference_ids
+
+    model, tokenizer = build_checkpoint(tmp_path / model_type, smol_tokenizer, model_type)
+    path = ensure_gguf(tmp_path / model_type, tmp_path / "cache", 32)
+    assert gguf.GGUFReader(path).fields["general.architecture"].contents() == ("glm4" if model_type == "glm4" else "chatglm")
+    server = LlamaServer(path, exact=True)
+    # The tiny checkpoints borrow SmolLM2's vocabulary, whose <|im_end|> llama.cpp always treats
+    # as end-of-generation (by its name); real GLM-4 vocabularies have no such token.
+    eos = set(model.generation_config.eos_token_id) | {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    for messages in GLM_CONVERSATIONS:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
+        assert server.prompt_ids(messages) == list(prompt), messages
+        expected = reference_ids(model, tokenizer, messages, max_new_tokens=16)
+        expected = expected[: next((i + 1 for i, t in enumerate(expected) if t in eos), len(expected))]
+        assert server.greedy_ids(list(prompt), 16) == expected, messages
+        result = server.chat(messages, 16)
+        text = tokenizer.decode([i for i in expected if i not in eos], skip_special_tokens=True)
+        assert result["choices"][0]["message"]["content"] == text, messages
+        assert result["choices"][0]["finish_reason"] == ("stop" if expected[-1] in eos else "length")

@@ -99,7 +99,9 @@ def bpe_pre_tokenizer(tokenizer_json: dict) -> str:
         return "glm4"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"  # digits one by one, then GPT-2's regex (SmolLM2's tokenizer)
-    raise ConfigError(f"tokenizer.json pre-tokenizer {kinds} is not one this converter knows (GLM-4's or SmolLM2's)")
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"  # GPT-2's own regex
+    raise ConfigError(f"tokenizer.json pre-tokenizer {kinds} is not one this converter knows (GLM-4's, SmolLM2's, GPT-2's)")
 
 
 def add_bpe_vocab(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:

@@ -100,16 +100,23 @@ def iter_specs(checkpoint: Checkpoint) -> Iterator[TensorSpec]:
                 yield TensorSpec(name, tuple(tensor.shape))
 
 
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    # float16/float32 stay as stored (no float32 copy of a float16 matrix); numpy has no bfloat16
+    if tensor.dtype not in (torch.float16, torch.float32):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def iter_arrays(checkpoint: Checkpoint) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, float32 array) for every stored tensor, one at a time, in `iter_specs` order."""
+    """(name, float16/float32 array) for every stored tensor, one at a time, in `iter_specs` order."""
     for path in checkpoint.files:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 for name in handle.keys():
-                    yield name, handle.get_tensor(name).float().numpy()
+                    yield name, _numpy(handle.get_tensor(name))
         else:
             state = _open_bin(path)
             for name in list(state):
-                yield name, state.pop(name).float().numpy()
+                yield name, _numpy(state.pop(name))

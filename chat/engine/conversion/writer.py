@@ -56,12 +56,20 @@ def tensor_type(gguf_name: str, shape: tuple[int, ...], outtype: str) -> gguf.GG
     return qtype
 
 
+QUANT_ROWS = 1024  # rows quantized at a time: numpy's temporaries stay a few MB per chunk
+
+
 def encode(array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     if qtype == Q.F32:
         return array.astype(np.float32, copy=False)
     if qtype == Q.F16:
-        return array.astype(np.float16)
-    return gguf.quants.quantize(array, qtype)
+        return array.astype(np.float16, copy=False)
+    rows = array.reshape(-1, array.shape[-1])
+    out = np.empty(gguf.quant_shape_to_byte_shape(rows.shape, qtype), dtype=np.uint8)
+    for start in range(0, rows.shape[0], QUANT_ROWS):
+        chunk = rows[start : start + QUANT_ROWS].astype(np.float32)
+        out[start : start + QUANT_ROWS] = gguf.quants.quantize(chunk, qtype)
+    return out.reshape(gguf.quant_shape_to_byte_shape(array.shape, qtype))
 
 
 def add_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, outtype: str) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from chat.engine.config import ConfigError
 from chat.engine.conversion import ensure_gguf
+from chat.engine.conversion.vocab import GLM4_SPLIT
 from chat.engine.models.chatglm_tokenizer import load_tokenizer, postprocess_response
 
 from .chatglm_fixtures import REPO_ROOT, answer_ids, case_messages, checkpoint, expected_response, golden
@@ -250,6 +251,7 @@ import sys, time
 from pathlib import Path
 import gguf
 from chat.engine.conversion import ensure_gguf
+from chat.engine.conversion.vocab import GLM4_SPLIT
 
 real = gguf.GGUFWriter.write_tensor_data
 def write_then_hang(self, tensor, *args, **kwargs):
@@ -320,6 +322,14 @@ def test_unknown_model_types_and_bits_are_refused(tmp_path):
         ensure_gguf(tmp_path / "missing", tmp_path / "cache", 16)
 
 
+def test_glm4_remote_code_layout_is_refused(tmp_path):
+    """glm-4-9b-chat says model_type "chatglm" too, with a tiktoken tokenizer.model."""
+    source = copy_checkpoint("v2", tmp_path / "glm-4-9b-chat")
+    (source / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")
+    with pytest.raises(ConfigError, match="not a sentencepiece model"):
+        ensure_gguf(source, tmp_path / "cache", 16)
+
+
 # -- step 4: GLM-4 (transformers' glm and glm4 model types) ----------------------------------------
 
 GLM_CONVERSATIONS = [
@@ -352,3 +362,46 @@ def test_glm4_answers_equal_transformers_generate(model_type, tmp_path, smol_tok
         text = tokenizer.decode([i for i in expected if i not in eos], skip_special_tokens=True)
         assert result["choices"][0]["message"]["content"] == text, messages
         assert result["choices"][0]["finish_reason"] == ("stop" if expected[-1] in eos else "length")
+
+
+TOKENIZER_PROBES = [
+    "Hello world, how are you?", "I've been 'told he's there, 'RE you sure? We'Ve a'lL",
+    "3 33 333 3333 33333 1314151天～ 3.3 3..3", "  two  spaces\n\n\nnewlines\r\n\ttab", "你好，世界 🙂 🦙🦙 鳙",
+    "------======= нещо на Български '''```\"\"\"\"......!!!!!!??????", " leading and trailing ",
+]
+
+
+PRE_TOKENIZERS = {
+    "gpt-2": None,  # the tiny checkpoints' own: byte-level with GPT-2's regex
+    "smollm": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    ]},
+    "glm4": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": GLM4_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+    ]},
+}
+
+
+@pytest.mark.parametrize("pre_tokenizer", PRE_TOKENIZERS)
+def test_bpe_pre_tokenizers_split_like_transformers(pre_tokenizer, tmp_path, smol_tokenizer):
+    """llama.cpp's tokenization of plain text equals the checkpoint tokenizer's, for each
+    pre-tokenizer the converter recognises (GLM-4's: a Split on its regex, then byte-level)."""
+    from transformers import AutoTokenizer
+
+    from .test_transformers_backend import build_checkpoint
+
+    build_checkpoint(tmp_path / "glm4", smol_tokenizer, "glm4")
+    if PRE_TOKENIZERS[pre_tokenizer] is not None:
+        path = tmp_path / "glm4" / "tokenizer.json"
+        data = json.loads(path.read_text())
+        data["pre_tokenizer"] = PRE_TOKENIZERS[pre_tokenizer]
+        path.write_text(json.dumps(data))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "glm4")
+    gguf_path = ensure_gguf(tmp_path / "glm4", tmp_path / "cache", 16)
+    assert gguf.GGUFReader(gguf_path).fields["tokenizer.ggml.pre"].contents() == pre_tokenizer
+    server = LlamaServer(gguf_path)
+    for text in TOKENIZER_PROBES:
+        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert server.post("/tokenize", {"content": text, "add_special": False})["tokens"] == expected, text

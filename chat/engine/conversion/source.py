@@ -61,6 +61,7 @@ def inspect_checkpoint(path: Path) -> Checkpoint:
                 "serve it with the native backend (--backend chatglm)"
             )
         kind = "chatglm2" if family == "v2" else "chatglm3"
+        _require_sentencepiece(path)
     elif model_type in ("glm", "glm4"):
         kind = model_type
     else:
@@ -73,6 +74,20 @@ def inspect_checkpoint(path: Path) -> Checkpoint:
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     return Checkpoint(path, kind, config, files)
+
+
+def _require_sentencepiece(path: Path) -> None:
+    """glm-4-9b-chat (remote-code layout) also says model_type "chatglm", but its tokenizer.model
+    is a tiktoken rank file: refuse it here, not halfway through a conversion."""
+    import sentencepiece as spm
+
+    try:
+        spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+    except (OSError, RuntimeError):
+        raise ConfigError(
+            f"{path.name}: tokenizer.model is not a sentencepiece model (glm-4-9b-chat's remote-code layout?); "
+            "convert the transformers-format checkpoint (glm-4-9b-chat-hf) instead"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -405,3 +405,17 @@ def test_bpe_pre_tokenizers_split_like_transformers(pre_tokenizer, tmp_path, smo
     for text in TOKENIZER_PROBES:
         expected = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert server.post("/tokenize", {"content": text, "add_special": False})["tokens"] == expected, text
+
+
+def test_tied_embeddings_get_an_output_matrix(tmp_path, smol_tokenizer):
+    """A checkpoint saved with tied embeddings has no lm_head: the GGUF gets a copy of the embedding."""
+    from transformers import AutoModelForCausalLM, GlmConfig
+
+    config = GlmConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tied")
+    smol_tokenizer.save_pretrained(tmp_path / "tied")
+    tensors = {t.name: t for t in gguf.GGUFReader(ensure_gguf(tmp_path / "tied", tmp_path / "cache", 32)).tensors}
+    assert (tensors["output.weight"].data == tensors["token_embd.weight"].data).all()
+    assert tensors["output.weight"].data.shape == (len(smol_tokenizer), 64)

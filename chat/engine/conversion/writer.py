@@ -118,13 +118,15 @@ def write_gguf(checkpoint: Checkpoint, out_path: Path, outtype: str) -> None:
     writer = gguf.GGUFWriter(out_path, checkpoint.arch)
     add_metadata(writer, checkpoint, outtype)
 
+    specs = [(spec, gguf_name(checkpoint, name_map, spec.name)) for spec in iter_specs(checkpoint)]
+    # Tied embeddings (saved without lm_head): the output matrix is written as a copy of the embedding.
+    copy_output = tied and not any(target == "output.weight" for _, target in specs)
     plan: list[tuple[str, gguf.GGMLQuantizationType]] = []  # (gguf name, type) in write order
     names = set()
-    for spec in iter_specs(checkpoint):
-        target = gguf_name(checkpoint, name_map, spec.name)
+    for spec, target in specs:
         if target is None:
             continue
-        targets = [target, "output.weight"] if tied and target == "token_embd.weight" else [target]
+        targets = [target, "output.weight"] if copy_output and target == "token_embd.weight" else [target]
         for target in targets:
             qtype = tensor_type(target, spec.shape, outtype)
             if qtype in (Q.F32, Q.F16):
@@ -146,7 +148,7 @@ def write_gguf(checkpoint: Checkpoint, out_path: Path, outtype: str) -> None:
     for name, array in iter_arrays(checkpoint):
         if name.endswith(SKIPPED):
             continue
-        copies = 2 if tied and gguf_name(checkpoint, name_map, name) == "token_embd.weight" else 1
+        copies = 2 if copy_output and gguf_name(checkpoint, name_map, name) == "token_embd.weight" else 1
         for _ in range(copies):
             target, qtype = next(steps)
             data = encode(array, qtype)

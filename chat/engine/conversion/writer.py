@@ -81,6 +81,8 @@ def add_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, outtype: str) 
     if checkpoint.kind in ("chatglm2", "chatglm3"):
         n_head = c["num_attention_heads"]
         head_dim = c.get("kv_channels") or c["hidden_size"] // n_head
+        if n_head * head_dim != c["hidden_size"]:  # llama.cpp splits the fused QKV at n_embd
+            raise ConfigError(f"{checkpoint.path.name}: heads × kv_channels ≠ hidden_size, which llama.cpp's chatglm graph cannot split")
         writer.add_context_length(c.get("seq_length", 2048))
         writer.add_embedding_length(c["hidden_size"])
         writer.add_feed_forward_length(c["ffn_hidden_size"])

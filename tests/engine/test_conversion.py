@@ -29,6 +29,8 @@ from chat.engine.models.chatglm_tokenizer import load_tokenizer, postprocess_res
 
 from .chatglm_fixtures import REPO_ROOT, answer_ids, case_messages, checkpoint, expected_response, golden
 
+pytestmark = pytest.mark.slow
+
 FAMILIES = {"v2": "chatglm2", "v3": "chatglm3"}
 
 

@@ -16,7 +16,6 @@ transformers' fast tokenizer (no checkpoint code runs), with its merges.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import gguf
 import sentencepiece as spm

@@ -12,6 +12,10 @@ from django.conf import settings
 from .errors import ChatError
 
 VISITOR_SESSION_KEY = "chatglm_visitor"
+# Set in the session when the chat page is rendered: with API keys set, only a session that
+# the server issued and that has loaded the page may chat without a key (the page's own
+# WebSocket and its /stream fallback). A made-up session cookie names no stored session.
+PAGE_SESSION_KEY = "chatglm_page"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,3 +80,21 @@ async def session_owner(user, session, create: bool) -> Owner:
         await session.aset(VISITOR_SESSION_KEY, raw)
         await session.asave()
     return Owner(visitor=uuid.UUID(raw))
+
+
+def unauthorized(message: str, code: str = "invalid_api_key") -> ChatError:
+    return ChatError(message, status=401, type="authentication_error", code=code)
+
+
+async def page_session_owner(user, session) -> Owner:
+    """The owner of a browser session the server issued and that has loaded the chat page
+    (logged in when CHATGLM_REQUIRE_LOGIN is on), or ChatError 401."""
+    try:
+        owner = await session_owner(user, session, create=False)  # login_required comes first
+    except ValueError:  # a visitor id that is not a UUID: not a session this server wrote
+        owner = Owner()
+    loaded = await session.aget(PAGE_SESSION_KEY)
+    if session.session_key is None or not loaded or not owner.is_person:
+        raise unauthorized("Send an API key ('Authorization: Bearer <key>'), or chat from the page.",
+                           code="page_session_required")
+    return owner

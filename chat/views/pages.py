@@ -28,7 +28,7 @@ def index(request):
         request.session[PAGE_SESSION_KEY] = True
     engine = get_engine()
     model = engine.info.model_id if engine.ready else "loading…"
-    return render(request, "chat/index.html", {"model_name": model})
+    return render(request, "chat/index.html", {"model_name": model, "signup_mode": settings.CHATGLM["SIGNUP"]})
 
 
 def healthz(request):

@@ -70,12 +70,16 @@ async def session_owner(user, session, create: bool) -> Owner:
         return Owner(user_id=user.pk)
     if settings.CHATGLM["REQUIRE_LOGIN"]:
         # Without this switch anyone may chat as an anonymous visitor, and so may a program
-        # that poses as a browser, whatever CHATGLM_API_KEYS says.
+        # that loads the page like a browser, whatever CHATGLM_API_KEYS says.
         raise ChatError("Log in to use the chat.", status=401, type="authentication_error", code="login_required")
     raw = await session.aget(VISITOR_SESSION_KEY)
     if raw is None:
         if not create:
             return Owner()
+        if api_keys():
+            # With keys set a visitor is made by the page only (chat.views.pages): a session
+            # cookie made up by a script gets no identity here.
+            raise unauthorized("Open the chat page first, or send an API key.", code="page_session_required")
         raw = str(uuid.uuid4())
         await session.aset(VISITOR_SESSION_KEY, raw)
         await session.asave()

@@ -153,3 +153,13 @@ async def test_without_keys_the_api_is_open(engine, keys):
     keys.CHATGLM = {**keys.CHATGLM, "API_KEYS": []}
     assert (await post(AsyncClient(), "/chat")).status_code == 200
     assert (await AsyncClient().get("/clear")).status_code == 200
+
+
+async def test_a_made_up_session_gets_no_identity_from_the_conversation_api(engine):
+    client, csrf = made_up_pair()
+    r = await client.post("/api/conversations", "{}", content_type="application/json", headers=csrf)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "page_session_required"
+    client, csrf = await page_client()
+    r = await client.post("/api/conversations", "{}", content_type="application/json", headers=csrf)
+    assert r.status_code == 201
+    assert await Conversation.objects.acount() == 1

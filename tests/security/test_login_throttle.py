@@ -4,11 +4,17 @@ username from that address until the cool-off has passed, the right password inc
 from __future__ import annotations
 
 import datetime
+import re
+import subprocess
+import sys
 
+import httpx
 import pytest
 from axes.models import AccessAttempt
 from django.conf import settings as django_settings
 from django.test import AsyncClient
+
+from tests.server import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,3 +72,24 @@ async def test_behind_the_https_proxy_the_address_is_the_one_the_proxy_saw(alice
                         **{"X-Forwarded-For": "6.6.6.99, 203.0.113.7"})).status_code == 429
     assert (await login("alice", "pw-alice-123", address=proxy,
                         **{"X-Forwarded-For": "198.51.100.4"})).status_code == 302
+
+
+def test_the_lockout_on_a_real_daphne_server(server_factory):
+    """The same through Daphne, as a browser logs in (the form's CSRF token, cookies)."""
+    server = server_factory.start(env={"CHATGLM_LOGIN_FAILURES": "3"})
+    env = {**server.env, "DJANGO_SUPERUSER_PASSWORD": "erin password 123"}
+    made = subprocess.run([sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "erin",
+                           "--email", "erin@example.com"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+
+    def attempt(password: str, path: str = "/accounts/login/") -> httpx.Response:
+        with httpx.Client(base_url=server.url) as client:
+            form = client.get(path)
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+            return client.post(path, data={"username": "erin", "password": password, "csrfmiddlewaretoken": token})
+
+    assert [attempt("wrong").status_code for _ in range(2)] == [200, 200]
+    assert attempt("wrong").status_code == 429
+    locked = attempt("erin password 123")
+    assert locked.status_code == 429 and "sessionid" not in locked.cookies
+    assert attempt("erin password 123", "/admin/login/").status_code == 429  # the admin's login too

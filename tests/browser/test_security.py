@@ -11,6 +11,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from tests.server import ROOT
@@ -165,3 +166,35 @@ def test_the_admins_conversation_pages_load_without_a_csp_violation(violations, 
     admin.goto("/admin/chat/invite/add/")
     admin.wait_for_load_state("networkidle")
     assert found == []
+
+
+def test_with_api_keys_the_page_chats_and_a_script_that_loads_it_cannot_use_the_api(chromium, server_factory):
+    server = server_factory.start(env={"CHATGLM_API_KEYS": "ci:sk-browser-test"})
+    context = chromium.new_context(base_url=server.url)
+    try:
+        page = context.new_page()
+        page.goto("/")
+        page.wait_for_function("() => window.chatApp !== undefined")
+        page.fill("#prompt", "over the socket")
+        page.press("#prompt", "Enter")
+        expect(page.locator(".msg.assistant").last.locator(".md")).to_have_text("You said: over the socket")
+        assert page.evaluate("document.getElementById('connection').dataset.kind") == "websocket"
+        fallback = context.new_page()
+        fallback.add_init_script("window.WebSocket = undefined;")
+        fallback.goto("/")
+        fallback.wait_for_function("() => window.chatApp !== undefined")
+        fallback.fill("#prompt", "over /stream")
+        fallback.press("#prompt", "Enter")
+        expect(fallback.locator(".msg.assistant").last.locator(".md")).to_have_text("You said: over /stream")
+    finally:
+        context.close()
+    # A script that loads the page like a browser still cannot use the program API.
+    with httpx.Client(base_url=server.url) as script:
+        script.get("/")
+        csrf = {"X-CSRFToken": script.cookies["csrftoken"]}
+        assert script.post("/chat", json={"query": "q"}, headers=csrf).status_code == 401
+        assert script.get("/clear").status_code == 401
+        assert script.post("/v1/chat/completions", json={"model": "fake", "messages": []},
+                           headers=csrf).status_code == 401
+        keyed = script.post("/chat", json={"query": "q"}, headers={"Authorization": "Bearer sk-browser-test"})
+        assert keyed.status_code == 200

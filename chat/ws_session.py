@@ -99,11 +99,12 @@ class SessionBoundSocket:
                 log.warning("channel layer: could not leave the session's group", exc_info=True)
             self.session_group_name = None
 
-    async def session_stands(self, owner: Owner) -> bool:
-        """False, after closing the socket, if the session has ended: call before each turn."""
+    async def session_stands(self, owner: Owner, request_id=None) -> bool:
+        """False, after closing the socket, if the session has ended: call before each turn
+        (the error frame answers `request_id`, so the page shows it on that answer)."""
         if await still_valid(self.scope, owner):
             return True
-        await self.session_ended({})
+        await self.session_ended({"request_id": request_id})
         return False
 
     async def session_ended(self, message) -> None:
@@ -112,5 +113,5 @@ class SessionBoundSocket:
             return
         self.closing = True
         error = unauthorized("The session has ended (logged out): reload the page.", code="session_ended")
-        await self.send_json({"type": "error", "request_id": None, "error": error.as_dict()})
+        await self.send_json({"type": "error", "request_id": message.get("request_id"), "error": error.as_dict()})
         await self.close(CLOSE_SESSION_ENDED)

@@ -181,7 +181,7 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
         return value
 
     async def do_chat(self, content: dict, request_id) -> None:
-        if not await self.session_stands(self.owner):
+        if not await self.session_stands(self.owner, request_id):
             return  # logged out (or the session expired) since the socket opened: closed
         if self.generation is not None:
             raise ChatError("This connection is already generating an answer: send 'stop' or wait for 'done'.",
@@ -231,7 +231,7 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
                 await live.request_stop(conversation)  # running on another process, or not at all
 
     async def do_subscribe(self, content: dict, request_id) -> None:
-        if not await self.session_stands(self.owner):
+        if not await self.session_stands(self.owner, request_id):
             return
         if content.get("conversation_id") is None:
             raise invalid("conversation_id", "'conversation_id' is required.", "missing")

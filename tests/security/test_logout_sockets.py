@@ -48,9 +48,10 @@ async def chat(socket, query: str) -> dict:
     return frame
 
 
-async def assert_closed_as_ended(socket) -> None:
+async def assert_closed_as_ended(socket, request_id=None) -> None:
     frame = await socket.receive_json_from(timeout=5)
     assert frame["type"] == "error" and frame["error"]["code"] == "session_ended"
+    assert frame["request_id"] == request_id
     assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
 
 
@@ -72,8 +73,8 @@ async def test_each_turn_rechecks_the_session(engine, alice):
     socket = await open_socket(key)
     assert (await chat(socket, "one"))["type"] == "done"
     await SessionStore(key).adelete()  # ended without a logout signal (expiry, another process)
-    await socket.send_json_to({"type": "chat", "query": "two"})
-    await assert_closed_as_ended(socket)
+    await socket.send_json_to({"type": "chat", "query": "two", "request_id": "r2"})
+    await assert_closed_as_ended(socket, "r2")
     assert not await Conversation.objects.filter(messages__content="two").aexists()
 
 

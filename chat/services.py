@@ -13,7 +13,7 @@ from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import params
+from . import inputs, params
 from .errors import ChatError, invalid, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, Source
 from .owners import Owner
@@ -33,6 +33,8 @@ def clean_title(value: Any, *, required: bool) -> str:
         raise invalid("title", "'title' must not be empty.", "empty")
     if len(title) > TITLE_MAX_LENGTH:
         raise invalid("title", f"'title' is longer than {TITLE_MAX_LENGTH} characters.", "too_long")
+    if inputs.has_control(title, lines=False):  # one line of plain text in every list; tabs and newlines too
+        raise invalid("title", "'title' must not contain control characters.", "invalid_character")
     return title
 
 

@@ -34,7 +34,7 @@ from .engine import (
     TextDelta,
     get_engine,
 )
-from .errors import ChatError, not_found
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, ChatError, model_unavailable, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
 
@@ -160,8 +160,17 @@ class Turn:
 
     async def _run(self) -> None:
         result = None
+        idle = settings.CHATGLM["GENERATION_TIMEOUT"] or None  # seconds without progress: a hung model
         try:
-            async for event in self._request.events():
+            events = self._request.events()
+            while result is None:
+                try:
+                    async with asyncio.timeout(idle):
+                        event = await anext(events)
+                except TimeoutError:
+                    self._request.cancel()
+                    result = GenerationResult(text=self.text, finish_reason="error", error=GENERATION_TIMEOUT)
+                    break
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
@@ -177,6 +186,7 @@ class Turn:
                     await _save_answer(self.message_id, result, self.input.params)
                 except Exception:  # noqa: BLE001 - the turn must still end for its listeners
                     log.exception("could not save the answer of turn %s", self.id)
+                    result = dataclasses.replace(result, finish_reason="error", error=NOT_SAVED)  # clients are told
             if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
                 del _live_turns[self.conversation_id]
             self._claim.release()
@@ -200,7 +210,7 @@ async def ready_engine():
         try:
             await asyncio.to_thread(engine.wait_ready, 600)
         except EngineUnavailable as exc:
-            raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+            raise model_unavailable(str(exc)) from exc
     return engine
 
 
@@ -235,7 +245,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     except EngineOverloaded as exc:
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:
-        raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+        raise model_unavailable(str(exc)) from exc
 
     turn = Turn(inp, history, truncated, request, claim)
     if inp.store:

@@ -200,7 +200,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             owner=self.owner,
             source=Source.WEB if self.owner.is_person else Source.WEBSOCKET,
             query=query,
-            params=params.generation_params(raw or {}),
+            params=params.generation_params(raw or {}, where="params."),
             conversation_id=conversation_id,
             store=settings.CHATGLM["STORE_API_TURNS"] or self.owner.is_person,
         )

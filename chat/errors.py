@@ -19,12 +19,14 @@ UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 UPSTREAM_TIMEOUT = "upstream_timeout"
 GENERATION_TIMEOUT = "generation_timeout"
 NOT_SAVED = "not_saved"
+SERVER_SHUTDOWN = "server_shutdown"
 GENERATION_ERRORS: dict[str, tuple[int, str]] = {
     UPSTREAM_BAD_RESPONSE: (502, "The upstream model server answered with an error."),
     UPSTREAM_UNAVAILABLE: (503, "The upstream model server cannot be reached."),
     UPSTREAM_TIMEOUT: (504, "The upstream model server did not answer in time."),
     GENERATION_TIMEOUT: (504, "The model stopped making progress and the answer was ended."),
     NOT_SAVED: (503, "The answer could not be saved; it is not part of the conversation."),
+    SERVER_SHUTDOWN: (503, "The server is restarting; the answer was interrupted. Try again shortly."),
 }
 
 

@@ -34,7 +34,7 @@ from .engine import (
     TextDelta,
     get_engine,
 )
-from .errors import GENERATION_TIMEOUT, NOT_SAVED, ChatError, model_unavailable, not_found
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, model_unavailable, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
 
@@ -68,6 +68,7 @@ TurnEvent = QueuePosition | Started | TextDelta | TurnDone
 
 _live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching
 _runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
+_shutting_down = False  # set by shut_down(): no new turns, running ones end as errors
 
 
 class _Claim:
@@ -180,7 +181,8 @@ class Turn:
             raise
         finally:
             if result is None:  # cancelled from outside: record what was produced
-                result = GenerationResult(text=self.text, finish_reason="cancelled")
+                result = (GenerationResult(text=self.text, finish_reason="error", error=SERVER_SHUTDOWN)
+                          if _shutting_down else GenerationResult(text=self.text, finish_reason="cancelled"))
             if self.message_id is not None:
                 try:
                     await _save_answer(self.message_id, result, self.input.params)
@@ -192,6 +194,18 @@ class Turn:
             self._claim.release()
             self.done = TurnDone(result, self.conversation_id, self.message_id)
             await self._publish(self.done)
+
+
+async def shut_down(timeout: float) -> None:
+    """For a server that is stopping: refuse new turns and end the running ones now, each saved
+    and reported to its listeners as an error (`server_shutdown`), waiting up to `timeout` s."""
+    global _shutting_down
+    _shutting_down = True
+    tasks = list(_runner_tasks)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
 
 
 def live_turn(conversation_id: str) -> Turn | None:
@@ -216,6 +230,9 @@ async def ready_engine():
 
 async def start_turn(inp: TurnInput) -> Turn:
     """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
+    if _shutting_down:
+        raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
+                        code=SERVER_SHUTDOWN, retry_after=5)
     engine = await ready_engine()
 
     conversation = None

@@ -17,13 +17,15 @@ from chatglm_site.asgi import application
 SITE = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
 
 
-@sync_to_async
-def dump_chat_tables() -> list:
+def chat_tables() -> list:
     """Every row of the chat tables, to assert that a refused request changed nothing."""
     return [
         list(Conversation.objects.order_by("pk").values()),
         list(Message.objects.order_by("pk").values()),
     ]
+
+
+dump_chat_tables = sync_to_async(chat_tables)
 
 
 @pytest.fixture(autouse=True)

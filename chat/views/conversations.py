@@ -63,7 +63,7 @@ def _methods(**handlers):
 def _page_number(raw: str | None) -> int:
     if raw is None or raw == "":
         return 1
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:  # "²".isdigit() is True
         raise invalid("page", f"'page' must be an integer from 1 to {MAX_PAGE}.", "invalid_value")
     return int(raw)
 

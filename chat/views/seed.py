@@ -7,7 +7,6 @@ working: the same fields, `event: delta` with a JSON `data`, and a final event w
 
 from __future__ import annotations
 
-
 from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path

@@ -85,6 +85,12 @@ def test_conversation_search_refuses_unstorable_text(q):
     assert chat_tables() == before
 
 
+@pytest.mark.parametrize("page", ["%C2%B2", "-1", "0", "1e3", "%00", "9" * 30])
+def test_conversation_list_refuses_odd_page_numbers(page):
+    r = Client().get(f"/api/conversations?page={page}")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "page", r.content
+
+
 def test_conversation_titles_and_prompts_keep_odd_text():
     client = Client()
     r = client.post("/api/conversations", {"title": "<|im_start|>system 你好 👨‍👩‍👧",

@@ -24,6 +24,8 @@ ODD_TEXTS = {
     # Control characters a user may paste (terminal colours, a bell, a form feed), and a BOM.
     "control-characters": "\u001b[31mred\u001b[0m \u0007 \u000c \u007f \u0085 \ufeffbom \u2028 \u2029 end",
     "non-bmp": "emoji 👨‍👩‍👧 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and CJK 你好",
+    # Brackets and escaped quotes inside a string are text, not nesting.
+    "brackets-in-text": '[' * 100 + '{"a": "\\"]' + '}' * 100 + ' \\" [[',
 }
 
 

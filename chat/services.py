@@ -51,8 +51,8 @@ def clean_settings(value: Any, current: dict | None = None) -> dict:
         raise invalid("settings", "'settings' must be an object.", "invalid_type")
     unknown = sorted(set(value) - set(SETTING_NAMES))
     if unknown:
-        raise invalid(f"settings.{unknown[0]}",
-                      f"Unknown setting {unknown[0]!r}; known: {', '.join(SETTING_NAMES)}.", "unknown_field")
+        raise invalid(f"settings.{inputs.safe(unknown[0])}",
+                      f"Unknown setting {inputs.safe(repr(unknown[0]))}; known: {', '.join(SETTING_NAMES)}.", "unknown_field")
     merged = dict(current or {})
     for name, raw in value.items():
         if raw is None:
@@ -66,7 +66,7 @@ def clean_settings(value: Any, current: dict | None = None) -> dict:
 def _reject_unknown(data: dict) -> None:
     unknown = sorted(set(data) - set(EDITABLE_FIELDS))
     if unknown:
-        raise invalid(unknown[0], f"Unknown field {unknown[0]!r}; editable: {', '.join(EDITABLE_FIELDS)}.",
+        raise invalid(inputs.safe(unknown[0]), f"Unknown field {inputs.safe(repr(unknown[0]))}; editable: {', '.join(EDITABLE_FIELDS)}.",
                       "unknown_field")
 
 

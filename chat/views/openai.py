@@ -120,7 +120,7 @@ def _content(value, param: str, *, nullable: bool) -> str:
             raise invalid(where, f"'{where}' must be an object.", "invalid_type")
         kind = part.get("type")
         if kind != "text":
-            raise invalid(f"{where}.type", f"Content parts of type {kind!r} are not supported: this model reads "
+            raise invalid(f"{where}.type", f"Content parts of type {inputs.safe(repr(kind))} are not supported: this model reads "
                                            "text only (parts of type 'text').", "unsupported_content")
         if not isinstance(part.get("text"), str):
             raise invalid(f"{where}.text", f"'{where}.text' must be a string.", "invalid_type")
@@ -158,7 +158,7 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
         role = message.get("role")
         if role not in MESSAGE_ROLES:
             raise invalid(f"{where}.role", f"'{where}.role' must be one of 'system', 'user' or 'assistant' "
-                                           f"(got {role!r}).", "invalid_value")
+                                           f"(got {inputs.safe(repr(role))}).", "invalid_value")
         text = _content(message.get("content"), f"{where}.content", nullable=role == "assistant")
         if len(text) > 4 * limit:
             raise invalid(f"{where}.content", f"'{where}.content' is longer than {4 * limit} characters.", "too_long")

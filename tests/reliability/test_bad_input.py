@@ -138,6 +138,9 @@ case("stream-not-a-boolean", "openai", raw({"model": "fake", "messages": [{"role
                                             "stream": "yes"}), 400, "invalid_type", "stream")
 case("n-of-2", "openai", raw({"model": "fake", "messages": [{"role": "user", "content": "x"}], "n": 2}), 400,
      "unsupported_value", "n")
+case("huge-role", "openai", raw({"model": "fake", "messages": [{"role": "r" * 100_000, "content": "x"}]}), 400,
+     "invalid_value", "messages[0].role")
+case("huge-unknown-field", "conversation-create", raw({"f" * 100_000: 1}), 400, "unknown_field")
 case("unknown-model", "openai", raw({"model": "gpt-\u001b[31m", "messages": [{"role": "user", "content": "x"}]}), 404,
      "model_not_found", "model")
 for endpoint in ("conversation-create", "conversation-update"):
@@ -208,4 +211,5 @@ async def test_refused_and_nothing_stored(engine, case):
     elif param is not None:
         assert reply.error["param"] == param, reply.error
     json.dumps(reply.error, ensure_ascii=False).encode("utf-8")  # the error itself is valid text
+    assert len(reply.error["message"]) < 1000  # nothing echoed back at length
     assert await dump_chat_tables() == before

@@ -253,30 +253,42 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
 def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams):
     """Chat messages for the model, and how many of the oldest pairs were left out.
 
-    At most CHATGLM_MAX_HISTORY pairs, and fewer when the prompt would not leave room for
-    the answer in the model's context (oldest pairs go first). The most pairs that fit are
-    found by bisection: a few tokenizations, not one per pair dropped.
+    Keeps the most recent pairs, at most CHATGLM_MAX_HISTORY of them, such that the prompt
+    (as the backend's own `count_prompt_tokens` counts it: chat template, system prompt and
+    all) plus the room kept for the answer fits the limit (see `answer_room`). The most pairs
+    that fit are found by bisection: a few tokenizations, not one per pair dropped. The query
+    itself is never trimmed.
     """
+    limit, room = answer_room(engine, params)
     max_pairs = max(0, settings.CHATGLM["MAX_HISTORY"])
-    candidates = history[len(history) - max_pairs :] if max_pairs else []
-    context = engine.info.context_length
-    # Room for the answer, capped so that a large max_tokens does not push out all context:
-    # the backend's own budget cuts an answer that outgrows what is left.
-    answer_room = min(params.max_new_tokens or 512, context // 4)
+    candidates = history[max(0, len(history) - max_pairs) :] if max_pairs else []
 
     def fits(count: int) -> bool:
         kept = candidates[len(candidates) - count :] if count else []
-        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + answer_room <= context
+        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + room <= limit
 
     count = len(candidates)
     if count and not fits(count):
-        low, high = 0, count  # fits(low) (the query alone is never trimmed), not fits(high)
+        low, high = 0, count  # low: 0 or a count that fits; high: a count that does not
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if fits(middle) else (low, middle)
         count = low
     kept = candidates[len(candidates) - count :] if count else []
     return to_messages(system_prompt, kept, query), len(history) - len(kept)
+
+
+def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
+    """(limit, room): the tokens a prompt and its answer may take together (the context, or
+    the seed API's `max_length` if smaller), and how many of them history must leave free
+    for the answer: its token budget (`max_new_tokens`, else the backend's default), capped at
+    a quarter of the limit so that a large `max_tokens` does not push out all history. The
+    backend's own budget (limit minus the prompt) then lets such an answer grow past it."""
+    limit = engine.info.context_length
+    if params.max_length:
+        limit = min(limit, params.max_length)
+    budget = params.max_new_tokens or engine.backend.default_max_new_tokens()
+    return limit, min(budget, limit // 4)
 
 
 def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:

@@ -97,6 +97,7 @@ class FakeBackend(Backend):
         budget = seq.params.max_new_tokens or self.default_max_new_tokens()
         if seq.params.max_length:
             budget = min(budget, seq.params.max_length - prompt_tokens)
+        budget = min(budget, self.context_length - prompt_tokens)  # as a real model's context would
         seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
         if budget <= 0:
             seq.finish("length")

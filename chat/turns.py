@@ -127,7 +127,7 @@ class Turn:
         self._request = request
         self._claim = claim
         self._log: list[TurnEvent] = []
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future] = []  # readers waiting for the next event
 
     def cancel(self) -> None:
         """Stop generating (at the next decode step); what was produced is kept, as cancelled."""
@@ -138,25 +138,45 @@ class Turn:
     def finished(self) -> bool:
         return self.done is not None
 
-    async def events(self, replay: bool = True) -> AsyncIterator[TurnEvent]:
-        """Every event of the turn from the start (or from now), until TurnDone."""
-        index = 0 if replay else len(self._log)
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: len(self._log) > index)
-                batch = self._log[index:]
-            index += len(batch)
-            for event in batch:
-                yield event
-                if isinstance(event, TurnDone):
-                    return
+    async def events(self, replay: bool = True, idle: float | None = None) -> AsyncIterator[TurnEvent]:
+        """Every event of the turn from the start (or from now), until TurnDone.
 
-    async def _publish(self, event: TurnEvent) -> None:
+        A reader that fell behind gets what piled up coalesced: consecutive TextDeltas as one
+        (their text joined: still whole characters, and the concatenation is unchanged), and
+        of consecutive QueuePositions only the last. So a slow client, or a loop busy with
+        hundreds of streams, sends fewer, larger events instead of falling further behind.
+        With `idle`, IDLE is yielded whenever `idle` seconds pass with nothing new.
+        """
+        index = 0 if replay else len(self._log)
+        timer = _IdleTimer(idle) if idle else None
+        try:
+            while True:
+                if index == len(self._log):
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    if timer is not None:
+                        timer.wait_on(waiter)
+                    if not await waiter:  # woken by the idle timer, not by an event
+                        yield IDLE
+                        continue
+                batch = self._log[index:]
+                index += len(batch)
+                for event in _coalesce(batch):
+                    yield event
+                    if isinstance(event, TurnDone):
+                        return
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _publish(self, event: TurnEvent) -> None:
         if isinstance(event, TextDelta):
             self.text += event.text
-        async with self._changed:
-            self._log.append(event)
-            self._changed.notify_all()
+        self._log.append(event)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a reader that was cancelled while waiting
+                waiter.set_result(True)
 
     async def _run(self) -> None:
         result = None
@@ -165,7 +185,7 @@ class Turn:
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
-                    await self._publish(event)
+                    self._publish(event)
         except asyncio.CancelledError:
             self._request.cancel()
             raise
@@ -181,7 +201,63 @@ class Turn:
                 del _live_turns[self.conversation_id]
             self._claim.release()
             self.done = TurnDone(result, self.conversation_id, self.message_id)
-            await self._publish(self.done)
+            self._publish(self.done)
+
+
+IDLE = object()  # yielded by Turn.events(idle=...) after a silence (SSE sends a keep-alive)
+
+
+def _coalesce(batch: list[TurnEvent]) -> list[TurnEvent]:
+    """The events of `batch` with each run of TextDeltas joined into one and each run of
+    QueuePositions reduced to its last."""
+    out: list[TurnEvent] = []
+    run: list[str] = []
+    for event in batch:
+        if isinstance(event, TextDelta):
+            run.append(event.text)
+            continue
+        if run:
+            out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+            run = []
+        if isinstance(event, QueuePosition) and out and isinstance(out[-1], QueuePosition):
+            out[-1] = event
+        else:
+            out.append(event)
+    if run:
+        out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+    return out
+
+
+class _IdleTimer:
+    """Wakes a reader whose wait for the next event has lasted `interval` seconds.
+
+    One timer per interval and reader, re-armed only when it fires, however many events pass
+    meanwhile: a timeout around every wait (asyncio.timeout, wait_for) would cost a timer per
+    event, which at hundreds of streams costs more than the events themselves.
+    """
+
+    def __init__(self, interval: float):
+        self.loop = asyncio.get_running_loop()
+        self.interval = interval
+        self.waiter: asyncio.Future | None = None
+        self.since = self.loop.time()
+        self.handle = self.loop.call_at(self.since + interval, self._fire)
+
+    def wait_on(self, waiter: asyncio.Future) -> None:
+        self.waiter, self.since = waiter, self.loop.time()
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        waiting = self.waiter is not None and not self.waiter.done()
+        if waiting and now >= self.since + self.interval - 0.001:
+            self.waiter.set_result(False)  # wake the reader with "nothing came"
+            self.since = now
+        elif not waiting:
+            self.since = now  # the reader is busy: measure its next wait from here on
+        self.handle = self.loop.call_at(self.since + self.interval, self._fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def live_turn(conversation_id: str) -> Turn | None:

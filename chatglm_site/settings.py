@@ -152,7 +152,7 @@ if os.environ.get("REDIS_URL"):
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chat.channel_layer.ThrottledInMemoryChannelLayer"}}
 
 # The chat service's own settings (README: "Configuration").
 CHATGLM = {

@@ -6,13 +6,17 @@ SQLite at data/db.sqlite3 configured for concurrent writers.
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("CHATGLM_DATA_DIR", BASE_DIR / "data"))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# The data folder holds the database (sessions, password hashes, conversations) and the secret
+# key: private to the server's user, whatever the umask (README "Security").
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+DATA_DIR.chmod(0o700)
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -34,9 +38,17 @@ def _secret_key() -> str:
         return os.environ["DJANGO_SECRET_KEY"]
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(50))
+        # Written whole to a temporary file, then linked into place: processes that start at
+        # once never read a half-written key, and the first link wins (the others read it).
+        fd, temporary = tempfile.mkstemp(prefix=".secret_key.", dir=DATA_DIR)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50))
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
     return path.read_text().strip()
 
 
@@ -90,6 +102,20 @@ TEMPLATES = [
     },
 ]
 
+def _private_sqlite_files(database: Path) -> None:
+    """The SQLite file created 0600 (SQLite gives its -wal and -shm files the database file's
+    mode), and one left readable by an older version made private."""
+    if str(database) in ("", ":memory:") or not database.parent.is_dir():
+        return
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        try:
+            if path.stat().st_uid == os.getuid():
+                path.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}",
@@ -105,6 +131,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    _private_sqlite_files(Path(DATABASES["default"]["NAME"]))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -145,10 +172,24 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
 if os.environ.get("REDIS_URL"):
+    # A consumer waits for its next message with a blocking read of 5 s (channels-redis's
+    # brpop_timeout); redis-py's own socket timeout is also 5 s, so an idle read timed out and
+    # Daphne closed the socket (1011). The socket timeout must outlast the blocking read; a
+    # dead Redis is still noticed (keep-alive, health checks, the connect timeout).
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "capacity": 1500, "expiry": 30},
+            "CONFIG": {
+                "hosts": [{
+                    "address": os.environ["REDIS_URL"],
+                    "socket_timeout": 30,
+                    "socket_connect_timeout": 5,
+                    "socket_keepalive": True,
+                    "health_check_interval": 15,
+                }],
+                "capacity": 1500,
+                "expiry": 30,
+            },
         }
     }
 else:
@@ -165,7 +206,21 @@ CHATGLM = {
     "MAX_RUNNING_PER_USER": env_int("CHATGLM_MAX_RUNNING_PER_USER", 2),
     "REQUIRE_LOGIN": env_bool("CHATGLM_REQUIRE_LOGIN"),
 }
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CHATGLM_MAX_BODY_BYTES", 2_621_440)
+
+# -- Resources and abuse (README "Configuration"): bounded bodies, rate limits, fair shares.
+# A request body past this size is refused by chat.asgi_limits before any of it is buffered.
+MAX_BODY_BYTES = env_int("CHATGLM_MAX_BODY_BYTES", 2_621_440)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+CHATGLM.update({
+    "BODY_TIMEOUT": float(os.environ.get("CHATGLM_BODY_TIMEOUT", "30")),
+    "TURNS_PER_MINUTE": env_int("CHATGLM_TURNS_PER_MINUTE", 60),
+    "CONVERSATIONS_PER_MINUTE": env_int("CHATGLM_CONVERSATIONS_PER_MINUTE", 20),
+    "MAX_RUNNING_PER_IP": env_int("CHATGLM_MAX_RUNNING_PER_IP", 4),
+    "MAX_VISITOR_CONVERSATIONS": env_int("CHATGLM_MAX_VISITOR_CONVERSATIONS", 500),
+    "MAX_SOCKETS_PER_SESSION": env_int("CHATGLM_MAX_SOCKETS_PER_SESSION", 8),
+    "MAX_SOCKETS_PER_IP": env_int("CHATGLM_MAX_SOCKETS_PER_IP", 64),
+    "REDIS_URL": os.environ.get("REDIS_URL", ""),
+})
 
 LOGGING = {
     "version": 1,

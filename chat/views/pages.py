@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import JsonResponse
@@ -12,17 +10,14 @@ from django.urls import path
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from ..engine import get_engine
-from ..owners import VISITOR_SESSION_KEY
 
 
 @ensure_csrf_cookie
 def index(request):
-    """The chat page. An anonymous visitor gets their visitor id (and session cookie) here, so
-    their conversations are theirs from the first question on."""
+    """The chat page. It makes no session: an anonymous visitor gets one (and their visitor id)
+    with their first conversation (POST /api/conversations), so a page load stores nothing."""
     if not request.user.is_authenticated and settings.CHATGLM["REQUIRE_LOGIN"]:
         return redirect_to_login(request.get_full_path())
-    if not request.user.is_authenticated and VISITOR_SESSION_KEY not in request.session:
-        request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
     engine = get_engine()
     model = engine.info.model_id if engine.ready else "loading…"
     return render(request, "chat/index.html", {"model_name": model})

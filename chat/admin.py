@@ -35,6 +35,21 @@ class OwnerKindFilter(admin.SimpleListFilter):
         return queryset.filter(condition) if condition is not None else queryset
 
 
+class SearchScopeFilter(admin.SimpleListFilter):
+    """What the search box searches: titles (default), or also every message's text, which
+    reads every message row (no index can serve a substring search): minutes on a large
+    database, so only when asked for."""
+
+    title = "search in"
+    parameter_name = "search_in"
+
+    def lookups(self, request, model_admin):
+        return [("messages", "Titles and message text (slow)")]
+
+    def queryset(self, request, queryset):
+        return queryset  # the scope is read by ConversationAdmin.get_search_fields
+
+
 class MessageInline(admin.TabularInline):
     model = Message
     fields = readonly_fields = (
@@ -63,8 +78,8 @@ class ConversationAdmin(admin.ModelAdmin):
         "last_message_at", "updated_at",
     )
     list_select_related = ("user",)
-    list_filter = ("source", "model", OwnerKindFilter, "created_at")
-    search_fields = ("title", "messages__content")
+    list_filter = ("source", "model", OwnerKindFilter, "created_at", SearchScopeFilter)
+    search_fields = ("title",)
     date_hierarchy = "created_at"
     ordering = ("-updated_at",)
     list_per_page = 50
@@ -73,6 +88,11 @@ class ConversationAdmin(admin.ModelAdmin):
               "created_at", "updated_at")
     inlines = (MessageInline,)
     actions = ("export_as_json",)
+
+    def get_search_fields(self, request):
+        if request.GET.get(SearchScopeFilter.parameter_name) == "messages":
+            return ("title", "messages__content")
+        return self.search_fields
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(

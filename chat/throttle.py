@@ -10,8 +10,10 @@ generating. Addresses in `CHATGLM_THROTTLE_EXEMPT` (loopback by default: local t
 benchmarks; behind a proxy on the same host, turn on CHATGLM_PROXY_HEADERS so the real
 address is seen) are not limited by address.
 
-The counts are per process, like the engine's queue: with N `serve` processes behind a
-balancer a client gets up to N times the rates.
+With REDIS_URL set, the rate buckets live in Redis (one script call per check), so every
+`serve` process sharing it counts together; if Redis fails, the process's own buckets stand
+in. The other counts (running answers, and the queue shares in the engine) are per process,
+like the engine's queue: with N processes behind a balancer a client gets up to N times them.
 
 The client's address reaches code that has no request (turns.py) through a context
 variable, set per connection by chat.asgi_limits.
@@ -19,11 +21,14 @@ variable, set per connection by chat.asgi_limits.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextvars
 import ipaddress
+import logging
 import math
 import time
+import weakref
 from functools import lru_cache
 
 from asgiref.sync import sync_to_async
@@ -32,6 +37,7 @@ from django.conf import settings
 from .errors import ChatError
 from .owners import Owner
 
+log = logging.getLogger(__name__)
 _client_ip: contextvars.ContextVar[str | None] = contextvars.ContextVar("chatglm_client_ip", default=None)
 MAX_BUCKETS = 100_000  # the least recently used are forgotten past this (a forgotten bucket is full)
 
@@ -98,11 +104,48 @@ class Buckets:
 
 buckets = Buckets()
 
+# The same bucket in Redis, on Redis's clock: tokens and stamp in a hash that expires once full.
+TAKE_SCRIPT = """
+local capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 't', 's')
+local tokens = tonumber(state[1]) or capacity
+local stamp = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - stamp) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+return tostring(wait)
+"""
+_redis_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by event loop
 
-def _limit(kind: str, key: str | None, per_minute: int, what: str) -> None:
+
+def _redis():
+    import redis.asyncio
+
+    loop = asyncio.get_running_loop()
+    client = _redis_clients.get(loop)
+    if client is None:
+        client = _redis_clients[loop] = redis.asyncio.Redis.from_url(
+            settings.CHATGLM["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+    return client
+
+
+async def _take(key: str, per_minute: int) -> float:
+    if settings.CHATGLM["REDIS_URL"]:
+        try:
+            return float(await _redis().eval(TAKE_SCRIPT, 1, f"chatglm:throttle:{key}", per_minute, per_minute / 60.0))
+        except Exception:  # noqa: BLE001 - Redis down: limit per process rather than not at all
+            log.warning("rate limits: Redis failed, counting in this process", exc_info=True)
+    return buckets.take(key, per_minute)
+
+
+async def _limit(kind: str, key: str | None, per_minute: int, what: str) -> None:
     if not key or per_minute <= 0:
         return
-    wait = buckets.take(f"{kind}:{key}", per_minute)
+    wait = await _take(f"{kind}:{key}", per_minute)
     if wait:
         raise ChatError(
             f"Too many {what}: at most {per_minute} a minute. Try again in {math.ceil(wait)} s.",
@@ -112,14 +155,14 @@ def _limit(kind: str, key: str | None, per_minute: int, what: str) -> None:
 
 async def check_turn(owner: Owner, new_conversation: bool) -> None:
     """Before a turn starts: the client's turn rate, and its conversation limits if it makes one."""
-    _limit("turn", client_key(owner), settings.CHATGLM["TURNS_PER_MINUTE"], "questions")
+    await _limit("turn", client_key(owner), settings.CHATGLM["TURNS_PER_MINUTE"], "questions")
     if new_conversation:
         await check_new_conversation(owner)
 
 
 async def check_new_conversation(owner: Owner) -> None:
     """Before a conversation is created: the client's creation rate and a visitor's total."""
-    _limit("conversation", client_key(owner), settings.CHATGLM["CONVERSATIONS_PER_MINUTE"], "new conversations")
+    await _limit("conversation", client_key(owner), settings.CHATGLM["CONVERSATIONS_PER_MINUTE"], "new conversations")
     cap = settings.CHATGLM["MAX_VISITOR_CONVERSATIONS"]
     if owner.user_id is None and owner.visitor is not None and cap > 0:
         if await _visitor_conversations(owner) >= cap:

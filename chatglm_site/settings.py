@@ -221,6 +221,7 @@ CHATGLM.update({
     "MAX_SOCKETS_PER_IP": env_int("CHATGLM_MAX_SOCKETS_PER_IP", 64),
     "THROTTLE_EXEMPT": env_list("CHATGLM_THROTTLE_EXEMPT", "127.0.0.0/8,::1"),
     "PROXY_HEADERS": env_bool("CHATGLM_PROXY_HEADERS"),
+    "REDIS_URL": os.environ.get("REDIS_URL", ""),  # rate limits shared by every process
 })
 
 LOGGING = {

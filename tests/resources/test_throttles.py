@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import uuid
 
 import httpx
 import pytest
@@ -33,8 +34,8 @@ BASE = {
 }
 
 
-def start(server_factory, **env):
-    return server_factory.start(env={**BASE, **env})
+def start(server_factory, data_dir=None, **env):
+    return server_factory.start(env={**BASE, **env}, data_dir=data_dir)
 
 
 def rows(server, table: str) -> int:
@@ -136,3 +137,19 @@ async def test_one_key_cannot_fill_the_queue_for_everyone(server_factory):
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.json()["error"]["code"] == "overloaded" and int(refused.headers["Retry-After"]) >= 1
     assert other.status_code == 200 and other.json()["response"] == "You said: " + body["query"]
+
+
+@pytest.mark.redis
+def test_with_redis_the_rate_is_shared_by_every_process(server_factory, tmp_path):
+    from tests.consumers.test_multiprocess import REDIS_URL, redis_reachable
+
+    if not redis_reachable():
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+    name = f"shared{uuid.uuid4().hex[:8]}"  # a bucket no earlier run has used
+    env = {"REDIS_URL": REDIS_URL, "CHATGLM_TURNS_PER_MINUTE": "2", "CHATGLM_API_KEYS": f"{name}:sk-shared"}
+    one = start(server_factory, data_dir=tmp_path / "shared", **env)
+    two = start(server_factory, data_dir=tmp_path / "shared", **env)
+    auth = {"Authorization": "Bearer sk-shared"}
+    statuses = [httpx.post(f"{server.url}/chat", json={"query": "q"}, headers=auth, timeout=30).status_code
+                for server in (one, two, two)]
+    assert statuses == [200, 200, 429]

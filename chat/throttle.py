@@ -52,7 +52,6 @@ def client_ip() -> str | None:
     return None if address is None or exempt(address) else address
 
 
-@lru_cache(maxsize=4096)
 def exempt(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)

@@ -27,6 +27,29 @@ def test_a_bucket_holds_a_minutes_worth_and_refills_at_its_rate():
     assert buckets.take("other", 3, now=20.5) == 0.0  # keys are independent
 
 
+def test_who_is_counted(settings):
+    from chat import throttle
+    from chat.owners import Owner
+
+    visitor = Owner(visitor=uuid.uuid4())
+    token = throttle.bind_client_ip("203.0.113.9")
+    try:
+        assert throttle.client_key(Owner(user_id=7)) == "user:7"
+        assert throttle.client_key(Owner(api_key="ci")) == "key:ci"
+        assert throttle.client_key(visitor) == throttle.client_key(Owner(open_api=True)) == "ip:203.0.113.9"
+        assert throttle.queue_owner(visitor) == "ip:203.0.113.9"  # every session of the address: one share
+    finally:
+        throttle._client_ip.reset(token)
+    token = throttle.bind_client_ip("127.0.0.1")  # exempt by default: loopback
+    try:
+        assert throttle.client_key(Owner(open_api=True)) is None
+        assert throttle.queue_owner(visitor) == f"visitor:{visitor.visitor}"
+        settings.CHATGLM = {**settings.CHATGLM, "THROTTLE_EXEMPT": ["10.0.0.0/8"]}
+        assert throttle.client_key(Owner(open_api=True)) == "ip:127.0.0.1"
+    finally:
+        throttle._client_ip.reset(token)
+
+
 BASE = {
     "CHATGLM_THROTTLE_EXEMPT": "",  # loopback is counted like any address here
     "CHATGLM_API_KEYS": f"load:{KEY},other:sk-other",

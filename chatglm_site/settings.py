@@ -16,7 +16,14 @@ DATA_DIR = Path(os.environ.get("CHATGLM_DATA_DIR", BASE_DIR / "data"))
 # The data folder holds the database (sessions, password hashes, conversations) and the secret
 # key: private to the server's user, whatever the umask (README "Security").
 DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-DATA_DIR.chmod(0o700)
+
+
+def _owned(path: Path) -> bool:
+    return not hasattr(os, "getuid") or path.stat().st_uid == os.getuid()
+
+
+if _owned(DATA_DIR):  # a folder someone else provides is left as it is
+    DATA_DIR.chmod(0o700)
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -110,7 +117,7 @@ def _private_sqlite_files(database: Path) -> None:
     os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
     for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
         try:
-            if path.stat().st_uid == os.getuid():
+            if _owned(path):
                 path.chmod(0o600)
         except FileNotFoundError:
             pass

@@ -6,9 +6,10 @@ read-only here: the record of what was generated is not edited after the fact.
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, Sum
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 from django.utils.text import Truncator
 
@@ -93,6 +94,23 @@ class ConversationAdmin(admin.ModelAdmin):
         if request.GET.get(SearchScopeFilter.parameter_name) == "messages":
             return ("title", "messages__content")
         return self.search_fields
+
+    def changelist_view(self, request, extra_context=None):
+        """A search of message text runs within CHATGLM_ADMIN_SEARCH_SECONDS; past it, the
+        database stops it and the page says so (and lists nothing)."""
+        if request.GET.get(SearchScopeFilter.parameter_name) != "messages" or not request.GET.get("q"):
+            return super().changelist_view(request, extra_context)
+        try:
+            with selectors.time_budget(settings.CHATGLM["ADMIN_SEARCH_SECONDS"]):
+                response = super().changelist_view(request, extra_context)
+                if hasattr(response, "render"):
+                    response.render()  # the queries run while rendering: inside the budget
+            return response
+        except selectors.QueryTooSlow:
+            self.message_user(request, f"The search of message text took longer than "
+                              f"{settings.CHATGLM['ADMIN_SEARCH_SECONDS']:g} s and was stopped: narrow it with "
+                              "the filters (date, model, owner) or search titles only.", messages.ERROR)
+            return HttpResponseRedirect(request.path)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(

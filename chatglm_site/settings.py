@@ -229,6 +229,7 @@ CHATGLM.update({
     "THROTTLE_EXEMPT": env_list("CHATGLM_THROTTLE_EXEMPT", "127.0.0.0/8,::1"),
     "PROXY_HEADERS": env_bool("CHATGLM_PROXY_HEADERS"),
     "REDIS_URL": os.environ.get("REDIS_URL", ""),  # rate limits shared by every process
+    "ADMIN_SEARCH_SECONDS": float(os.environ.get("CHATGLM_ADMIN_SEARCH_SECONDS", "10")),
 })
 
 LOGGING = {

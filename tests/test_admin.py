@@ -159,3 +159,12 @@ def test_message_admin_is_read_only(admin_client, rows):
 def test_non_staff_cannot_open_the_admin(client):
     client.force_login(User.objects.create_user("plain"))
     assert client.get(CHANGELIST).status_code == 302
+
+
+def test_a_message_text_search_past_its_time_budget_is_stopped(admin_client, rows, settings):
+    settings.CHATGLM = {**settings.CHATGLM, "ADMIN_SEARCH_SECONDS": 0.0}  # any scan is too long
+    Message.objects.bulk_create(Message(conversation=rows["user"], position=10 + i, role=Role.USER, content=f"more {i}")
+                                for i in range(500))
+    r = admin_client.get(CHANGELIST, {"q": "kiwis", "search_in": "messages"}, follow=True)
+    assert r.status_code == 200 and "was stopped" in r.content.decode()
+    assert listed_titles(admin_client.get(CHANGELIST, {"q": "trip"})) == {"Alice plans a trip"}  # titles: no budget

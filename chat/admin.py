@@ -36,6 +36,22 @@ class OwnerKindFilter(admin.SimpleListFilter):
         return queryset.filter(condition) if condition is not None else queryset
 
 
+def budgeted_changelist(model_admin, changelist_view, request, extra_context):
+    """A search of message text runs within CHATGLM_ADMIN_SEARCH_SECONDS; past it, the database
+    stops it and the page says so (and lists nothing)."""
+    budget = settings.CHATGLM["ADMIN_SEARCH_SECONDS"]
+    try:
+        with selectors.time_budget(budget):
+            response = changelist_view(request, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # the queries run while rendering: inside the budget
+        return response
+    except selectors.QueryTooSlow:
+        model_admin.message_user(request, f"The search of message text took longer than {budget:g} s and was "
+                                 "stopped: narrow it with the filters, or search titles only.", messages.ERROR)
+        return HttpResponseRedirect(request.path)
+
+
 class SearchScopeFilter(admin.SimpleListFilter):
     """What the search box searches: titles (default), or also every message's text, which
     reads every message row (no index can serve a substring search): minutes on a large
@@ -96,21 +112,9 @@ class ConversationAdmin(admin.ModelAdmin):
         return self.search_fields
 
     def changelist_view(self, request, extra_context=None):
-        """A search of message text runs within CHATGLM_ADMIN_SEARCH_SECONDS; past it, the
-        database stops it and the page says so (and lists nothing)."""
         if request.GET.get(SearchScopeFilter.parameter_name) != "messages" or not request.GET.get("q"):
             return super().changelist_view(request, extra_context)
-        try:
-            with selectors.time_budget(settings.CHATGLM["ADMIN_SEARCH_SECONDS"]):
-                response = super().changelist_view(request, extra_context)
-                if hasattr(response, "render"):
-                    response.render()  # the queries run while rendering: inside the budget
-            return response
-        except selectors.QueryTooSlow:
-            self.message_user(request, f"The search of message text took longer than "
-                              f"{settings.CHATGLM['ADMIN_SEARCH_SECONDS']:g} s and was stopped: narrow it with "
-                              "the filters (date, model, owner) or search titles only.", messages.ERROR)
-            return HttpResponseRedirect(request.path)
+        return budgeted_changelist(self, super().changelist_view, request, extra_context)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -171,6 +175,11 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ("conversation",)
     ordering = ("-created_at",)
     list_per_page = 100
+
+    def changelist_view(self, request, extra_context=None):
+        if not request.GET.get("q"):  # a search here reads every message's text
+            return super().changelist_view(request, extra_context)
+        return budgeted_changelist(self, super().changelist_view, request, extra_context)
 
     @admin.display(description="content")
     def short_content(self, obj):

@@ -168,3 +168,5 @@ def test_a_message_text_search_past_its_time_budget_is_stopped(admin_client, row
     r = admin_client.get(CHANGELIST, {"q": "kiwis", "search_in": "messages"}, follow=True)
     assert r.status_code == 200 and "was stopped" in r.content.decode()
     assert listed_titles(admin_client.get(CHANGELIST, {"q": "trip"})) == {"Alice plans a trip"}  # titles: no budget
+    r = admin_client.get("/admin/chat/message/", {"q": "kiwis"}, follow=True)  # the message list too
+    assert r.status_code == 200 and "was stopped" in r.content.decode()

@@ -8,7 +8,10 @@
 - WebSocket sockets per client: at most CHATGLM_MAX_SOCKETS_PER_SESSION open sockets per
   session cookie and CHATGLM_MAX_SOCKETS_PER_IP per (non-exempt) address; past that the
   handshake is refused (HTTP 403).
-- The client's address is bound for the connection (chat.throttle reads it).
+- The client's address is bound for the connection (chat.throttle reads it): the socket's
+  peer, or behind the HTTPS proxy (CHATGLM_HTTPS=1) the last X-Forwarded-For entry, the one
+  the proxy appended, as chat.client_ip does for login throttling (earlier entries are the
+  client's own to write).
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ def _too_large_body() -> bytes:
     }}).encode()
 
 
+def _client_address(scope) -> str | None:
+    client = scope.get("client")
+    address = client[0] if client else None
+    if getattr(settings, "HTTPS", False):
+        forwarded = _header(scope, b"x-forwarded-for")
+        if forwarded:
+            address = forwarded.decode("latin-1").rsplit(",", 1)[-1].strip() or address
+    return address
+
+
 async def _send_413(send) -> None:
     body = _too_large_body()
     await send({"type": "http.response.start", "status": 413, "headers": [
@@ -53,8 +66,7 @@ class ResourceLimits:
         self.sockets: collections.Counter = collections.Counter()
 
     async def __call__(self, scope, receive, send):
-        client = scope.get("client")
-        token = throttle.bind_client_ip(client[0] if client else None)
+        token = throttle.bind_client_ip(_client_address(scope))
         try:
             if scope["type"] == "http":
                 return await self._http(scope, receive, send)

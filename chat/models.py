@@ -133,3 +133,6 @@ class Message(models.Model):
             return None
         generating = self.duration - (self.time_to_first_token or 0)
         return round(self.completion_tokens / generating, 2) if generating > 0 else None
+
+
+from .invites import Invite  # noqa: E402,F401 - the invitations model (chat/invites.py)

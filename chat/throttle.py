@@ -7,8 +7,8 @@ conversations are limited by token buckets, `CHATGLM_TURNS_PER_MINUTE` and
 size passes); an anonymous visitor owns at most `CHATGLM_MAX_VISITOR_CONVERSATIONS`; the
 anonymous visitors of one address have at most `CHATGLM_MAX_RUNNING_PER_IP` answers
 generating. Addresses in `CHATGLM_THROTTLE_EXEMPT` (loopback by default: local tools and
-benchmarks; behind a proxy on the same host, turn on CHATGLM_PROXY_HEADERS so the real
-address is seen) are not limited by address.
+benchmarks; behind the HTTPS proxy, CHATGLM_HTTPS=1, the address is the one the proxy saw)
+are not limited by address.
 
 With REDIS_URL set, the rate buckets live in Redis (one script call per check), so every
 `serve` process sharing it counts together; if Redis fails, the process's own buckets stand
@@ -176,6 +176,17 @@ def _visitor_conversations(owner: Owner) -> int:
     from .models import Conversation
 
     return Conversation.objects.filter(user__isnull=True, visitor=owner.visitor).count()
+
+
+def new_page_session_wait() -> int:
+    """0 if the page may make a new session for this address now, else seconds to wait (the
+    page is sync, so this bucket is the process's own)."""
+    per_minute = settings.CHATGLM["SESSIONS_PER_MINUTE"]
+    ip = client_ip()
+    if not ip or per_minute <= 0:
+        return 0
+    wait = buckets.take(f"session:ip:{ip}", per_minute)
+    return max(1, math.ceil(wait)) if wait else 0
 
 
 class RunningSlot:

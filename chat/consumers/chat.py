@@ -35,8 +35,9 @@ from .. import live, params
 from ..engine import QueuePosition, TextDelta
 from ..errors import ChatError, invalid, not_found
 from ..models import Conversation, Source
-from ..owners import VISITOR_SESSION_KEY, Owner, api_key_name, api_keys, bearer_token, session_owner
+from ..owners import Owner, api_key_name, api_keys, bearer_token
 from ..turns import Turn, TurnDone, TurnInput, live_turn, start_turn
+from ..ws_session import SessionBoundSocket, socket_owner
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _frame_error(message: str, code: str, param: str | None = None) -> ChatError
     return ChatError(message, param=param, code=code)
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
     owner: Owner | None = None
 
     # -- connection -------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         try:
             self.owner = await self._authenticate()
+            await self.join_session_group(self.owner)  # a logout closes this socket
         except ChatError as error:
             self.closing = True
             await self.send_json({"type": "error", "request_id": None, "error": error.as_dict()})
@@ -119,22 +121,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if name is None:
                 raise ChatError("Invalid API key.", status=401, type="authentication_error", code="invalid_api_key")
             return Owner(api_key=name)
-        user, session = self.scope.get("user"), self.scope.get("session")
-        if user is not None and user.is_authenticated:
-            return Owner(user_id=user.pk)
-        if session is not None and settings.SESSION_COOKIE_NAME in self.scope.get("cookies", {}):
-            await session.aget(VISITOR_SESSION_KEY)  # loads it: an unknown key leaves session_key None
-            if session.session_key is not None:
-                # The cookie names a live session, so a new visitor id saved in it stays the
-                # browser's (a session created here could never reach the browser as a cookie).
-                try:
-                    return await session_owner(user, session, create=True)
-                except ValueError:  # a visitor id that is not a UUID: not a usable session
-                    log.warning("websocket: session with a malformed visitor id")
-        if api_keys():
-            raise ChatError("Missing API key: connect with '?api_key=<key>' or open the page first.",
-                            status=401, type="authentication_error", code="invalid_api_key")
-        return Owner(open_api=True)
+        return await socket_owner(self.scope)  # a browser: its session (chat.ws_session)
 
     async def disconnect(self, code):
         if self.generation is not None:
@@ -142,6 +129,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.turn is not None and not self.turn.finished and self.owner is not None and not self.owner.is_person:
             self.turn.cancel()  # a program that goes away stops its generation (a browser's goes on)
         await self._leave()
+        await self.leave_session_group()
 
     # -- frames in ----------------------------------------------------------------------------
 
@@ -193,6 +181,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return value
 
     async def do_chat(self, content: dict, request_id) -> None:
+        if not await self.session_stands(self.owner, request_id):
+            return  # logged out (or the session expired) since the socket opened: closed
         if self.generation is not None:
             raise ChatError("This connection is already generating an answer: send 'stop' or wait for 'done'.",
                             status=409, code="generation_in_progress")
@@ -241,6 +231,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await live.request_stop(conversation)  # running on another process, or not at all
 
     async def do_subscribe(self, content: dict, request_id) -> None:
+        if not await self.session_stands(self.owner, request_id):
+            return
         if content.get("conversation_id") is None:
             raise invalid("conversation_id", "'conversation_id' is required.", "missing")
         conversation_id = params.conversation_id(content.get("conversation_id"))

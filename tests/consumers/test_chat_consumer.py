@@ -16,7 +16,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client
 
 from chat.models import Conversation, Message, Role, Source
-from chat.owners import VISITOR_SESSION_KEY
+from chat.owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY
 from chatglm_site.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,6 +41,7 @@ def slow_engine(engine_env):
 async def visitor_session() -> str:
     store = SessionStore()
     store[VISITOR_SESSION_KEY] = str(uuid.uuid4())
+    store[PAGE_SESSION_KEY] = True  # as the page leaves it (chat.views.pages)
     await store.asave()
     return store.session_key
 

@@ -87,13 +87,11 @@ class Command(BaseCommand):
     def _run_daphne(self, host: str, port: int) -> None:
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
-        from django.conf import settings
 
         from chat import daphne_limits
         from chatglm_site.asgi import application
 
         daphne_limits.install()  # bodies and slow requests refused at the socket
-        proxy = settings.CHATGLM["PROXY_HEADERS"]
 
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"Open http://{shown}:{port}/ in a browser (Ctrl+C stops the server).")
@@ -110,11 +108,6 @@ class Command(BaseCommand):
             websocket_connect_timeout=20,  # the consumer must accept (or refuse) this fast
             websocket_handshake_timeout=5,  # a client that trickles its handshake is dropped
             application_close_timeout=10,
-            # Behind a proxy (CHATGLM_PROXY_HEADERS=1) the client's address, for the limits per
-            # address, is the one the proxy puts in X-Forwarded-For.
-            proxy_forwarded_address_header="X-Forwarded-For" if proxy else None,
-            proxy_forwarded_port_header="X-Forwarded-Port" if proxy else None,
-            proxy_forwarded_proto_header="X-Forwarded-Proto" if proxy else None,
             verbosity=0,
             server_name="chatglm-django",
         ).run()

@@ -86,7 +86,7 @@ def test_the_api_key_turn_rate_gets_429_with_retry_after(server_factory):
 
 
 def test_page_loads_make_no_sessions_and_conversation_creation_is_limited_per_address(server_factory):
-    server = start(server_factory, CHATGLM_CONVERSATIONS_PER_MINUTE="3")
+    server = start(server_factory, CHATGLM_CONVERSATIONS_PER_MINUTE="3", CHATGLM_API_KEYS="")
     for _ in range(20):
         assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
     assert rows(server, "django_session") == 0
@@ -98,6 +98,18 @@ def test_page_loads_make_no_sessions_and_conversation_creation_is_limited_per_ad
     assert [r.status_code for r in created] == [201, 201, 201, 429]
     assert created[-1].json()["error"]["code"] == "rate_limited" and int(created[-1].headers["Retry-After"]) >= 1
     assert rows(server, "django_session") == 3  # the refused one made no session either
+
+
+def test_with_api_keys_page_sessions_are_limited_per_address(server_factory):
+    """With keys set the page makes the session that alone chats without a key: new ones are rate-limited."""
+    server = start(server_factory, CHATGLM_SESSIONS_PER_MINUTE="3")
+    loads = [httpx.get(f"{server.url}/", timeout=10) for _ in range(4)]
+    assert [r.status_code for r in loads] == [200, 200, 200, 429]
+    assert int(loads[-1].headers["Retry-After"]) >= 1
+    assert rows(server, "django_session") == 3
+    # A browser that has its session reloads the page freely.
+    again = httpx.get(f"{server.url}/", cookies=loads[0].cookies, timeout=10)
+    assert again.status_code == 200
 
 
 async def test_anonymous_answers_are_limited_per_address_and_sockets_per_session(server_factory):
@@ -145,12 +157,12 @@ async def test_anonymous_answers_are_limited_per_address_and_sockets_per_session
 
 async def test_one_key_cannot_fill_the_queue_for_everyone(server_factory):
     server = start(server_factory, CHATGLM_MAX_BATCH="1", CHATGLM_MAX_QUEUED_PER_CLIENT="2")
-    body = {"query": "a long question " * 20}
+    body = {"query": "a question " * 8}  # about 4 s of answer at 50 ms a step: the others wait meanwhile
 
     async def ask(client, key):
         return await client.post("/chat", json=body, headers={"Authorization": f"Bearer {key}"})
 
-    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=180) as client:
         flood = [asyncio.create_task(ask(client, KEY)) for _ in range(4)]
         await asyncio.sleep(1.0)  # one runs, two wait: the fourth is past the key's share
         other = await ask(client, "sk-other")  # still gets in, and is served

@@ -12,6 +12,14 @@ from chat.engine.scheduler import Engine
 from tests.engine.test_scheduler import USER, SteppingBackend
 
 
+async def until(condition, seconds=10.0):
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
 def make_engine(max_queue=16, share=3):
     engine = Engine(lambda: SteppingBackend(delay=0.01), max_queue=max_queue, max_waiting_per_owner=share)
     engine.wait_ready(10)
@@ -20,8 +28,8 @@ def make_engine(max_queue=16, share=3):
 
 async def test_an_owner_past_its_share_is_refused_while_others_get_in():
     engine = make_engine(share=3)
-    running = engine.submit(USER, GenerationParams(max_new_tokens=200), owner="key:a")
-    await asyncio.sleep(0.05)  # it runs: the queue is empty again
+    running = engine.submit(USER, GenerationParams(max_new_tokens=100_000), owner="key:a")
+    await until(lambda: engine.running_count() == 1)  # it runs: the queue is empty again
     waiting = [engine.submit(USER, GenerationParams(max_new_tokens=1), owner="key:a") for _ in range(3)]
     with pytest.raises(EngineOverloaded, match="3 requests waiting") as refused:
         engine.submit(USER, GenerationParams(), owner="key:a")
@@ -36,8 +44,8 @@ async def test_an_owner_past_its_share_is_refused_while_others_get_in():
 
 async def test_owners_take_turns_in_the_waiting_line():
     engine = make_engine(share=8)
-    running = engine.submit(USER, GenerationParams(max_new_tokens=30), owner="a")
-    await asyncio.sleep(0.05)
+    running = engine.submit(USER, GenerationParams(max_new_tokens=100_000), owner="a")
+    await until(lambda: engine.running_count() == 1)  # it holds the engine until cancelled
     order: list[str] = []
 
     async def run(owner: str, tag: str):
@@ -52,17 +60,17 @@ async def test_owners_take_turns_in_the_waiting_line():
     tasks = [asyncio.create_task(run("a", f"a{i}")) for i in range(5)]
     await asyncio.sleep(0)
     tasks += [asyncio.create_task(run("b", "b0")), asyncio.create_task(run("c", "c0"))]
-    await asyncio.sleep(0)
+    await until(lambda: engine.queue_length() == 7)
+    running.cancel()
     await asyncio.gather(*tasks)
     assert order == ["a0", "b0", "c0", "a1", "a2", "a3", "a4"]
-    running.cancel()
     engine.stop()
 
 
 async def test_queue_positions_follow_the_fair_order():
     engine = make_engine(share=8)
-    running = engine.submit(USER, GenerationParams(max_new_tokens=30), owner="a")
-    await asyncio.sleep(0.05)
+    running = engine.submit(USER, GenerationParams(max_new_tokens=100_000), owner="a")
+    await until(lambda: engine.running_count() == 1)
     flood = [engine.submit(USER, GenerationParams(max_new_tokens=1), owner="a") for _ in range(3)]
     late = engine.submit(USER, GenerationParams(max_new_tokens=1), owner="b")
     await asyncio.sleep(0.05)

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from . import throttle
 from .engine import (
     EngineOverloaded,
     EngineUnavailable,
@@ -92,6 +93,7 @@ class _Claim:
                 f"You already have {limit} answers being generated; wait for one to finish or stop it.",
                 status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
             )
+        self.client_slot = throttle.running_slot(owner)  # anonymous sessions count per address too
         self.owner, self.conversation_id, self.held = owner, None, True
         self.running[owner] += 1
         self.hold(conversation_id)
@@ -104,6 +106,7 @@ class _Claim:
     def release(self) -> None:
         if self.held:
             self.held = False
+            self.client_slot.release()
             self.running[self.owner] -= 1
             if self.running[self.owner] <= 0:
                 del self.running[self.owner]
@@ -309,6 +312,7 @@ async def start_turn(inp: TurnInput) -> Turn:
     if _shutting_down:
         raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
                         code=SERVER_SHUTDOWN, retry_after=5)
+    await throttle.check_turn(inp.owner, new_conversation=inp.conversation_id is None and inp.store)
     engine = await ready_engine()
 
     conversation = None
@@ -334,7 +338,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     # Tokenizing a long history takes a while: off the event loop, which serves every stream.
     messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params)
     try:
-        request = engine.submit(messages, inp.params)
+        request = engine.submit(messages, inp.params, owner=throttle.queue_owner(inp.owner))
     except EngineOverloaded as exc:
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:

@@ -8,7 +8,11 @@ request and read its events from an `asyncio.Queue` that the engine thread feeds
 for all the events that arrive before the loop runs (`_Outbox`).
 
 The queue is bounded (`max_queue`): past it, `submit()` raises EngineOverloaded at once
-instead of letting latency grow without end. A request whose caller goes away is cancelled
+instead of letting latency grow without end. It is also shared fairly: a request may name its
+`owner` (an account, an API key, a client address), who may have at most `max_waiting_per_owner`
+requests waiting (CHATGLM_MAX_QUEUED_PER_CLIENT, default a quarter of the queue), and the
+waiting line is kept in round-robin order across owners (each owner's first waiting request,
+then each one's second...), so one busy client cannot push everyone else to the back. A request whose caller goes away is cancelled
 at the next decode step (Sequence.push_token sees the flag), or removed from the queue if
 it had not started.
 """
@@ -19,6 +23,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -88,8 +93,9 @@ class Request:
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine: Engine, messages: list[Message], params: GenerationParams):
+    def __init__(self, engine: Engine, messages: list[Message], params: GenerationParams, owner: str | None = None):
         self.id = next(self._ids)
+        self.owner = owner
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -128,9 +134,14 @@ class Request:
 class Engine:
     """The process-wide model server. Create one with `get_engine()`."""
 
-    def __init__(self, backend_factory: Callable[[], Backend], max_queue: int = 64):
+    def __init__(self, backend_factory: Callable[[], Backend], max_queue: int = 64,
+                 max_waiting_per_owner: int | None = None):
         self._backend_factory = backend_factory
         self.max_queue = max_queue
+        if max_waiting_per_owner is None:
+            raw = os.environ.get("CHATGLM_MAX_QUEUED_PER_CLIENT", "").strip()
+            max_waiting_per_owner = int(raw) if raw else max(1, max_queue // 4)
+        self.max_waiting_per_owner = max_waiting_per_owner  # 0: no per-owner share
         self._backend: Backend | None = None
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[Request] = []
@@ -181,26 +192,37 @@ class Engine:
         with self._cond:
             return len(self._running)
 
-    def submit(self, messages: list[Message], params: GenerationParams) -> Request:
-        """Admit a request, or raise EngineOverloaded/EngineUnavailable at once."""
+    def submit(self, messages: list[Message], params: GenerationParams, owner: str | None = None) -> Request:
+        """Admit a request, or raise EngineOverloaded/EngineUnavailable at once.
+
+        `owner` (any string; None: nobody in particular) gets a fair share of the queue."""
         if self._ready.is_set() and self._load_error is not None:
             raise EngineUnavailable(f"The model failed to load: {self._load_error}")
         if self._stopping:
             raise EngineUnavailable("The engine is shutting down.")
-        request = Request(self, messages, params)
+        request = Request(self, messages, params, owner)
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise EngineOverloaded(retry_after=max(1, len(self._waiting) // 4))
-            self._waiting.append(request)
-            position = len(self._waiting)
+            index = self._fair_place(owner)
+            if index is None:
+                raise EngineOverloaded(
+                    f"You already have {self.max_waiting_per_owner} requests waiting for the model: "
+                    "wait for one to start.",
+                    retry_after=max(1, self.max_waiting_per_owner // 4),
+                )
+            self._waiting.insert(index, request)
+            position = index + 1
+            self._announce_positions(start=index + 1)
             self._cond.notify()
         if position > 1 or self._running or not self._ready.is_set():
             request._emit_threadsafe(QueuePosition(position))
         return request
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Event]:
+    async def stream(self, messages: list[Message], params: GenerationParams,
+                     owner: str | None = None) -> AsyncIterator[Event]:
         """`async for event in engine.stream(...)`: the events of one request."""
-        request = self.submit(messages, params)
+        request = self.submit(messages, params, owner)
         async for event in request.events():
             yield event
 
@@ -217,6 +239,21 @@ class Engine:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def _fair_place(self, owner: str | None) -> int | None:
+        """Where a new request of `owner` goes in the waiting line (lock held), or None when the
+        owner has its whole share waiting. The line is in rounds: a request that is its owner's
+        k-th waiting one goes after every request that is the k-th (or earlier) of its own owner,
+        so owners take turns. Requests of no owner (None) share one turn among them."""
+        rank = sum(1 for r in self._waiting if r.owner == owner)
+        if owner is not None and self.max_waiting_per_owner and rank >= self.max_waiting_per_owner:
+            return None
+        seen: collections.Counter = collections.Counter()
+        for index, waiting in enumerate(self._waiting):
+            if seen[waiting.owner] > rank:
+                return index
+            seen[waiting.owner] += 1
+        return len(self._waiting)
 
     def _drop_if_waiting(self, request: Request) -> None:
         with self._cond:

@@ -194,7 +194,7 @@ def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path,
     assert all(seq.result.finish_reason == "length" for seq in joined if seq.result.completion_tokens == 10)
 
 
-def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer):
+def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer, monkeypatch):
     """A batch that never empties keeps its cache as long as its longest live row."""
     import threading
 
@@ -209,17 +209,19 @@ def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer):
                  for i in range(16)]
     waiting = sequences[1:]
     lengths, calls = [], []
-    step = backend._decode_step
+    from chat.engine.backends import transformers as backend_module
 
-    def recording_step(batch):
-        lengths.append(batch.mask.shape[1])
-        return step(batch)
+    step = backend_module._KV.step
+
+    def recording_step(kv, tokens):
+        lengths.append(kv.mask.shape[1])
+        return step(kv, tokens)
 
     def admit(limit):
         calls.append(limit)
         return [waiting.pop(0)] if waiting and len(calls) % 3 == 0 else []
 
-    backend._decode_step = recording_step
+    monkeypatch.setattr(backend_module._KV, "step", recording_step)
     backend.generate_continuous([sequences[0]], admit)
     assert not waiting and len(lengths) > 40
     longest_prompt = max(backend.count_prompt_tokens([{"role": "user", "content": t}]) for t in texts)

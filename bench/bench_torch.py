@@ -1,6 +1,6 @@
 """Continuous batching of the torch backends against the raw decode loop of the same model.
 
-For each model, side by side in one process and interleaved round by round:
+For each model, side by side in one run and interleaved round by round:
 
 * raw: the model's own KV-cached forward on B identical prompts, greedy argmax, no serving
   work at all (no detokenizer, no events, no masks beyond what the model builds itself);
@@ -8,19 +8,27 @@ For each model, side by side in one process and interleaved round by round:
   requests with the same prompt, greedy, no penalty, no stop strings, max_new_tokens N.
 
 Both count the prefill and N new tokens per stream (1 prefill + N-1 decode forwards). The
-ratio engine/raw is what serving costs; 1.0 would be free.
+ratio engine/raw of tokens/s is what serving costs (1.0 would be free). Also measured, as it
+does not depend on how fast the model is or how busy the machine is: the serving overhead per
+step, the CPU time of the decoding thread outside the model's forward calls (on a faster
+machine or a GPU the forward shrinks and this is what is left).
+
+`--baseline DIR` measures another checkout of the code (e.g. `git worktree add /tmp/before
+<commit>`) in the same run: each code tree decodes in a worker process of its own, and the
+rounds alternate between them, so before/after ratios are taken side by side.
 
 Models: the embedded SmolLM2-135M (transformers backend, float32, from the cache under
 data/models that the backend builds from the GGUF), and a ChatGLM3-shaped network of a
 similar size with random weights (native chatglm backend), saved once (float16, as the real
-checkpoints are) under
-data/bench/ with the tiny v3 fixture's tokenizer. Its output rows past the tokenizer's ids and
-its EOS rows are zero, so greedy decoding picks real pieces and never stops early.
+checkpoints are) under data/bench/ with the tiny v3 fixture's tokenizer. Its output rows past
+the tokenizer's ids and its EOS rows are zero, so greedy decoding picks real pieces and never
+stops early.
 
 The machine may be shared: the medians of --repeats rounds are reported, and only the
 ratios of one run mean anything. Writes bench/results/torch-<stamp>.json.
 
     .venv/bin/python bench/bench_torch.py [--models smollm2 chatglm] [--repeats 3] [--tokens 128]
+                                          [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,12 +51,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the tests and `serve` 
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from chat.engine.base import GenerationParams, GenerationResult  # noqa: E402
-from chat.engine.config import EngineConfig  # noqa: E402
-from chat.engine.scheduler import Engine  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 MODEL_CACHE = ROOT / "data" / "models"
 BENCH_DIR = ROOT / "data" / "bench"
@@ -76,6 +79,7 @@ def cpu_info() -> dict:
 
 def smollm2_backend():
     from chat.engine.backends.transformers import TransformersBackend, embedded_gguf, gguf_cache_dir
+    from chat.engine.config import EngineConfig
 
     directory = gguf_cache_dir(embedded_gguf(), MODEL_CACHE)
     model = str(directory) if (directory / "config.json").is_file() else "default"  # "default" converts once
@@ -118,6 +122,7 @@ def chatglm_checkpoint() -> Path:
 
 def chatglm_backend():
     from chat.engine.backends.chatglm import ChatGLMBackend
+    from chat.engine.config import EngineConfig
 
     return ChatGLMBackend(EngineConfig(model=str(chatglm_checkpoint()), backend="chatglm", max_batch_size=8))
 
@@ -125,81 +130,155 @@ def chatglm_backend():
 # -- the raw loops --------------------------------------------------------------------------
 
 
-def raw_transformers(backend, streams: int, tokens: int) -> float:
-    """Seconds for prefill + tokens-1 greedy decode steps of `streams` identical prompts."""
+def raw_transformers(backend, streams: int, tokens: int) -> None:
+    """Prefill + tokens-1 greedy decode steps of `streams` identical prompts."""
     prompt = backend._prompt_ids(MESSAGES)
     model = backend.model
-    started = time.perf_counter()
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([prompt] * streams), use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         for _ in range(tokens - 1):
             out = model(input_ids=token, cache=out.cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-    return time.perf_counter() - started
 
 
-def raw_chatglm(backend, streams: int, tokens: int) -> float:
+def raw_chatglm(backend, streams: int, tokens: int) -> None:
     prompt = backend._prompt(MESSAGES)
     model = backend.model
-    started = time.perf_counter()
     with torch.inference_mode():
         logits, batch = model.prefill([prompt] * streams)
-        token = logits.argmax(-1).tolist()
+        token = logits.argmax(-1)
         for _ in range(tokens - 1):
-            token = model.decode(batch, token).argmax(-1).tolist()
-    return time.perf_counter() - started
+            token = model.decode(batch, token.tolist()).argmax(-1)
 
 
-# -- the engine -----------------------------------------------------------------------------
+class ModelClock:
+    """CPU time of the calling thread inside the model's forward calls (the rest of a decode
+    thread's CPU time is serving overhead)."""
+
+    def __init__(self, obj, names):
+        self.inside = 0.0
+        for name in names:
+            setattr(obj, name, self._timed(getattr(obj, name)))
+
+    def _timed(self, method):
+        def timed(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.inside += time.thread_time() - started
+        return timed
 
 
-async def through_engine(engine: Engine, streams: int, tokens: int) -> tuple[float, list[GenerationResult]]:
-    params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
-    started = time.perf_counter()
-    requests = [engine.submit(MESSAGES, params) for _ in range(streams)]  # no await between: one batch
-
-    async def drain(request):
-        async for event in request.events():
-            if isinstance(event, GenerationResult):
-                return event
-
-    results = await asyncio.gather(*(drain(r) for r in requests))
-    return time.perf_counter() - started, results
+# -- a worker: one model of one code tree ------------------------------------------------------
 
 
-def measure(name: str, factory, raw, streams_list: list[int], tokens: int, repeats: int) -> list[dict]:
-    engine = Engine(factory)
-    info = engine.wait_ready(600)
-    backend = engine.backend
-    # The raw loop runs on one worker thread of its own, as the engine does on its thread.
-    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    worker.submit(raw, backend, 1, 4).result()  # warm-up of this thread's kernels
-    asyncio.run(through_engine(engine, 1, 4))
-    samples = {s: {"raw": [], "engine": [], "engine_stream": []} for s in streams_list}
-    for _ in range(repeats):
-        for streams in streams_list:
-            samples[streams]["raw"].append(worker.submit(raw, backend, streams, tokens).result())
-            wall, results = asyncio.run(through_engine(engine, streams, tokens))
+class Worker:
+    """Loads one model through `Engine` and answers `raw B` / `engine B` measurements."""
+
+    def __init__(self, name: str, tokens: int):
+        from chat.engine.scheduler import Engine
+
+        factory, self.raw = {"smollm2": (smollm2_backend, raw_transformers),
+                             "chatglm": (chatglm_backend, raw_chatglm)}[name]
+        self.tokens = tokens
+        self.engine = Engine(factory)
+        self.info = self.engine.wait_ready(600)
+        backend = self.engine.backend
+        model_methods = ["forward"] if self.info.backend == "transformers" else ["prefill", "decode"]
+        self.clock = ModelClock(backend.model, model_methods)
+        self.thread_cpu = 0.0
+        run = backend.generate_continuous
+
+        def generate_continuous(sequences, admit):  # runs on the engine thread
+            started = time.thread_time()
+            try:
+                return run(sequences, admit)
+            finally:
+                self.thread_cpu += time.thread_time() - started
+
+        backend.generate_continuous = generate_continuous
+        # The raw loop runs on one thread of its own, as the engine decodes on its own thread.
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.pool.submit(self.raw, backend, 1, 4).result()  # warm-up of this thread
+        asyncio.run(self._engine(1, 4))
+        while self.engine.running_count():
+            time.sleep(0.001)
+
+    def measure(self, kind: str, streams: int) -> dict:
+        self.clock.inside = self.thread_cpu = 0.0
+        started = time.perf_counter()
+        if kind == "raw":
+            def timed_raw():
+                begun = time.thread_time()
+                self.raw(self.engine.backend, streams, self.tokens)
+                self.thread_cpu = time.thread_time() - begun
+
+            self.pool.submit(timed_raw).result()
+            per_stream = None
+        else:
+            results = asyncio.run(self._engine(streams, self.tokens))
+            while self.engine.running_count():  # the results leave before generate_continuous returns
+                time.sleep(0.001)
             produced = [r.completion_tokens for r in results]
-            if produced != [tokens] * streams or any(r.finish_reason != "length" for r in results):
-                raise SystemExit(f"{name}: the engine stopped early ({produced}); pick another prompt")
-            samples[streams]["engine"].append(wall)
-            samples[streams]["engine_stream"].append(statistics.median(r.duration for r in results))
-    engine.stop()
-    worker.shutdown()
-    rows = []
-    for streams, s in samples.items():
-        raw_s, eng_s = statistics.median(s["raw"]), statistics.median(s["engine"])
-        rows.append({
-            "model": name, "backend": info.backend, "streams": streams, "tokens": tokens,
-            "raw_tok_s": streams * tokens / raw_s,
-            "engine_tok_s": streams * tokens / eng_s,
-            "engine_per_stream_tok_s": tokens / statistics.median(s["engine_stream"]),
-            "ratio": raw_s / eng_s,
-            "raw_s": s["raw"], "engine_s": s["engine"],
-        })
-    return rows
+            if produced != [self.tokens] * streams or any(r.finish_reason != "length" for r in results):
+                raise RuntimeError(f"the engine stopped early ({produced}): pick another prompt")
+            per_stream = statistics.median(r.duration for r in results)
+        wall = time.perf_counter() - started
+        return {"wall": wall, "per_stream": per_stream or wall,
+                "overhead_ms_per_step": 1000 * (self.thread_cpu - self.clock.inside) / self.tokens}
+
+    async def _engine(self, streams: int, tokens: int):
+        from chat.engine.base import GenerationParams, GenerationResult
+
+        params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
+        requests = [self.engine.submit(MESSAGES, params) for _ in range(streams)]  # no await between: one batch
+
+        async def drain(request):
+            async for event in request.events():
+                if isinstance(event, GenerationResult):
+                    return event
+
+        return await asyncio.gather(*(drain(r) for r in requests))
+
+
+def worker_main(name: str, tokens: int) -> None:
+    """The worker's side of the pipe: one JSON command a line in, one JSON answer a line out."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library chatter stays off the pipe
+    torch.set_num_threads(os.cpu_count() or 1)
+    worker = Worker(name, tokens)
+    print(json.dumps({"backend": worker.info.backend}), file=out, flush=True)
+    for line in sys.stdin:
+        kind, streams = json.loads(line)
+        print(json.dumps(worker.measure(kind, streams)), file=out, flush=True)
+    worker.engine.stop()
+
+
+class WorkerProcess:
+    def __init__(self, code: Path, name: str, tokens: int):
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", name, "--tokens", str(tokens)], cwd=ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        self.backend = self._read()["backend"]
+
+    def ask(self, kind: str, streams: int) -> dict:
+        self.proc.stdin.write(json.dumps([kind, streams]) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a worker died (run it alone: {sys.executable} {__file__} --worker ...)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def main() -> None:
@@ -208,27 +287,58 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="another checkout of the code, measured in the same run")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.worker:
+        return worker_main(args.worker, args.tokens)
     cpu = cpu_info()
-    models = {"smollm2": (smollm2_backend, raw_transformers), "chatglm": (chatglm_backend, raw_chatglm)}
+    trees = {"current": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     rows = []
     for name in args.models:
-        rows += measure(name, *models[name], args.streams, args.tokens, args.repeats)
+        workers = {label: WorkerProcess(code, name, args.tokens) for label, code in trees.items()}
+        samples: dict = {}
+        for _ in range(args.repeats):
+            for streams in args.streams:
+                for label, worker in workers.items():
+                    for kind in ("raw", "engine"):
+                        samples.setdefault((label, streams, kind), []).append(worker.ask(kind, streams))
+        for worker in workers.values():
+            worker.close()
+        for label in trees:
+            for streams in args.streams:
+                raw, eng = samples[(label, streams, "raw")], samples[(label, streams, "engine")]
+                raw_s = statistics.median(m["wall"] for m in raw)
+                eng_s = statistics.median(m["wall"] for m in eng)
+                rows.append({
+                    "model": name, "backend": workers[label].backend, "code": label, "streams": streams,
+                    "tokens": args.tokens,
+                    "raw_tok_s": streams * args.tokens / raw_s,
+                    "engine_tok_s": streams * args.tokens / eng_s,
+                    "engine_per_stream_tok_s": args.tokens / statistics.median(m["per_stream"] for m in eng),
+                    "ratio": raw_s / eng_s,
+                    "raw_overhead_ms_per_step": statistics.median(m["overhead_ms_per_step"] for m in raw),
+                    "engine_overhead_ms_per_step": statistics.median(m["overhead_ms_per_step"] for m in eng),
+                    "raw_s": [m["wall"] for m in raw], "engine_s": [m["wall"] for m in eng],
+                })
 
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch threads {torch.get_num_threads()}, "
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch threads {os.cpu_count()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}\nflags: {cpu['flags']}")
-    print(f"medians of {args.repeats} rounds, {args.tokens} new tokens per stream (prefill included)\n")
-    header = f"{'model':<9}{'backend':<14}{'streams':>8}{'raw tok/s':>11}{'engine tok/s':>14}{'per stream':>12}{'engine/raw':>12}"
+    print(f"medians of {args.repeats} rounds, {args.tokens} new tokens per stream (prefill included); "
+          "overhead: decode-thread CPU ms per step outside the model\n")
+    header = (f"{'model':<9}{'backend':<14}{'code':<10}{'streams':>8}{'raw tok/s':>11}{'engine tok/s':>14}"
+              f"{'per stream':>12}{'engine/raw':>12}{'raw ovh':>9}{'eng ovh':>9}")
     print(header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['model']:<9}{r['backend']:<14}{r['streams']:>8}{r['raw_tok_s']:>11.1f}{r['engine_tok_s']:>14.1f}"
-              f"{r['engine_per_stream_tok_s']:>12.1f}{r['ratio']:>12.3f}")
+        print(f"{r['model']:<9}{r['backend']:<14}{r['code']:<10}{r['streams']:>8}{r['raw_tok_s']:>11.1f}"
+              f"{r['engine_tok_s']:>14.1f}{r['engine_per_stream_tok_s']:>12.1f}{r['ratio']:>12.3f}"
+              f"{r['raw_overhead_ms_per_step']:>9.2f}{r['engine_overhead_ms_per_step']:>9.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"torch-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({
-        "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": cpu, "torch": torch.__version__, "threads": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "repeats": args.repeats,
+        "trees": {label: str(code) for label, code in trees.items()},
         "note": "medians; the machine may be shared, compare the ratios of one run only",
         "chatglm_shape": CHATGLM_SHAPE, "results": rows,
     }, indent=2))

@@ -49,10 +49,11 @@ def build_checkpoint(path, tokenizer, family: str):
     return model, tokenizer
 
 
-def reference_ids(model, tokenizer, messages, max_new_tokens=12):
+def reference_ids(model, tokenizer, messages, max_new_tokens=12, repetition_penalty=1.0):
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
     prompt = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
-    out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
+                         repetition_penalty=repetition_penalty)
     return out[0, prompt.shape[1]:].tolist()
 
 
@@ -91,6 +92,33 @@ async def test_matches_transformers_generate_alone_and_batched(family, tmp_path,
         assert one.text == many.text == text  # left padding and batch pruning change nothing
         assert one.finish_reason == ("stop" if stopped else "length")
         assert one.completion_tokens == len(ids) - (1 if stopped else 0)
+    engine.stop()
+
+
+async def test_repetition_penalty_matches_generate_alone_and_batched(tmp_path, smol_tokenizer):
+    """The penalty is applied to the whole batch at once (a [B, V] mask of seen ids): each row
+    still gets exactly what transformers' own RepetitionPenaltyLogitsProcessor gives it alone."""
+    PENALTY = 1.5
+    model, tokenizer = build_checkpoint(tmp_path, smol_tokenizer, "llama")
+    with torch.no_grad():  # output = input embeddings: the model likes to repeat what it saw
+        model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+    model.save_pretrained(tmp_path)
+    engine = Engine(lambda: TransformersBackend(EngineConfig(model=str(tmp_path), max_batch_size=4)))
+    engine.wait_ready(120)
+    conversations = [
+        [{"role": "user", "content": "Hello!"}],
+        [{"role": "user", "content": "A much longer question, to pad the other rows of the batch on the left"}],
+        [{"role": "user", "content": "Why?"}],
+    ]
+    eos = set(model.generation_config.eos_token_id)
+    penalized = [reference_ids(model, tokenizer, m, max_new_tokens=24, repetition_penalty=PENALTY) for m in conversations]
+    plain = [reference_ids(model, tokenizer, m, max_new_tokens=24) for m in conversations]
+    assert penalized != plain  # the penalty changes these answers: the comparison is not vacuous
+    expected = [tokenizer.decode([i for i in ids if i not in eos], skip_special_tokens=True) for ids in penalized]
+    params = GenerationParams(temperature=0, repetition_penalty=PENALTY, max_new_tokens=24)
+    alone = [await run(engine, messages, params) for messages in conversations]
+    batched = await asyncio.gather(*(run(engine, messages, params) for messages in conversations))
+    assert [r.text for r in alone] == [r.text for r in batched] == expected
     engine.stop()
 
 

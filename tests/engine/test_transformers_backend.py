@@ -255,3 +255,20 @@ def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer, monkey
     longest_prompt = max(backend.count_prompt_tokens([{"role": "user", "content": t}]) for t in texts)
     assert max(lengths) <= longest_prompt + 6 + 1
     assert all(seq.result.finish_reason in ("length", "stop") for seq in sequences)
+
+
+@pytest.mark.parametrize("family", ["llama", "glm4"])
+def test_detokenizer_decode_equals_tokenizer_decode(family, tmp_path, smol_tokenizer):
+    """The detokenizer calls the Rust tokenizer directly (it is its hot path): the text must be
+    what `tokenizer.decode(..., skip_special_tokens=True)` gives, specials and split characters too."""
+    _, tokenizer = build_checkpoint(tmp_path, smol_tokenizer, family)
+    backend = TransformersBackend(EngineConfig(model=str(tmp_path)))
+    backend.load()
+    assert backend._fast_decode is not backend._decode  # the fast path is taken for this tokenizer
+    text = "Hello, 世界 🙂!  Tabs\tand\nnewlines. <|user|> [gMASK] ünïcödé"
+    ids = tokenizer.encode(text, add_special_tokens=False) + tokenizer.convert_tokens_to_ids(
+        [t for t in GLM_SPECIALS if t in tokenizer.get_vocab()]) + [tokenizer.eos_token_id]
+    for start in range(len(ids)):
+        for end in range(start, min(len(ids), start + 6) + 1):
+            window = ids[start:end]
+            assert backend._fast_decode(window) == tokenizer.decode(window, skip_special_tokens=True), window

@@ -3,9 +3,8 @@
 A backend supplies what is model-specific: how a sequence's prompt is built (`Backend.start`
 below), how prompts are prefilled into a key/value cache, and how that cache takes one step,
 drops rows and takes newcomers in (a `KVBatch`). This module owns the rest, once for all:
-the token budget, picking every row's next token in one batched pass (repetition penalty
-and greedy argmax for the whole batch; only sampled rows draw one by one, each with its own
-generator), the per-row bookkeeping (EOS, `Sequence.push_token`), dropping finished rows
+the token budget, picking every row's next token in one batched pass (`sampling.pick_tokens`,
+with the ids each row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`), dropping finished rows
 and merging requests that arrived meanwhile between steps.
 
 The helpers at the end do the cache bookkeeping that both cache layouts need: left-padding
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import GenerationParams, Sequence
-from .sampling import SamplingConfig, make_generator, sample_next
+from .sampling import SamplingConfig, make_generator, pick_tokens
 
 
 def token_budget(params: GenerationParams, prompt_tokens: int, context_length: int, default_max_new_tokens: int) -> int:
@@ -138,7 +137,8 @@ class ContinuousBatcher:
     def _step(self, batch: Batch) -> Batch | None:
         """Pick every row's next token, let each sequence account it, drop the rows that
         ended, and run one forward for the rest."""
-        tokens = pick_tokens(batch.logits, batch.rows, batch.seen)
+        rows = batch.rows
+        tokens = pick_tokens(batch.logits, [r.sampling for r in rows], [r.generator for r in rows], batch.seen)
         ids = tokens.tolist()  # the one device-to-host copy of the step
         eos, keep = self.eos_ids, []
         for index, (row, token) in enumerate(zip(batch.rows, ids)):
@@ -154,35 +154,6 @@ class ContinuousBatcher:
             tokens = tokens[torch.tensor(keep, device=tokens.device)]
         batch.logits = batch.kv.step(tokens)
         return batch
-
-
-def pick_tokens(logits: torch.Tensor, rows: list[Row], seen: torch.Tensor) -> torch.Tensor:
-    """Every row's next token id ([B] long, on the logits' device).
-
-    The repetition penalty and the greedy choice run once over the batch; rows that sample
-    draw one by one with their own settings and generator. The penalty is CTRL's, as in
-    `sampling.apply_repetition_penalty`, computed element for element the same way.
-    """
-    logits = logits.float()
-    penalties: dict[float, list[int]] = {}
-    for index, row in enumerate(rows):
-        if row.sampling.repetition_penalty != 1.0:
-            penalties.setdefault(row.sampling.repetition_penalty, []).append(index)
-    for penalty, indices in penalties.items():
-        if len(indices) == len(rows):
-            logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
-        else:
-            index = torch.tensor(indices, device=logits.device)
-            part = logits.index_select(0, index)
-            part = torch.where(seen.index_select(0, index), torch.where(part < 0, part * penalty, part / penalty), part)
-            logits = logits.index_copy(0, index, part)
-    tokens = logits.argmax(-1)
-    sampled = [index for index, row in enumerate(rows) if not row.sampling.greedy]
-    if sampled:
-        tokens = tokens.clone()
-        for index in sampled:
-            tokens[index] = sample_next(logits[index], rows[index].sampling, None, rows[index].generator)
-    return tokens
 
 
 # -- cache bookkeeping ------------------------------------------------------------------------

@@ -1,16 +1,13 @@
-"""The torch backends' shared batching: token budget, the batched next-token pick (against the
-one-row-at-a-time sampler it replaces) and the cache bookkeeping helpers."""
+"""The torch backends' shared batching: the token budget and the cache bookkeeping helpers
+(the batched next-token pick is tested in test_sampling.py)."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 import torch
 
-from chat.engine.base import GenerationParams, Sequence
-from chat.engine.batching import Row, cat_left_padded, padding_columns, pick_tokens, token_budget
-from chat.engine.sampling import SamplingConfig, make_generator, sample_next
+from chat.engine.base import GenerationParams
+from chat.engine.batching import cat_left_padded, padding_columns, token_budget
 
 
 @pytest.mark.parametrize(
@@ -26,50 +23,6 @@ from chat.engine.sampling import SamplingConfig, make_generator, sample_next
 )
 def test_token_budget(params, prompt, expected):
     assert token_budget(params, prompt, context_length=1024, default_max_new_tokens=512) == expected
-
-
-def _row(sampling: SamplingConfig, seed: int | None = None) -> Row:
-    seq = Sequence([], GenerationParams(), lambda event: None, threading.Event())
-    return Row(seq, sampling, make_generator(seed))
-
-
-def test_batched_pick_equals_the_per_row_sampler():
-    """Greedy and sampled rows with different penalties, picked in one pass, give exactly the
-    ids that sample_next gives each row alone (same penalised logits, same generator draws)."""
-    torch.manual_seed(0)
-    vocab = 300
-    configs = [
-        SamplingConfig(temperature=0),
-        SamplingConfig(temperature=0, repetition_penalty=1.3),
-        SamplingConfig(temperature=0.9, top_p=0.8, repetition_penalty=1.3),
-        SamplingConfig(temperature=0.7, top_k=20, repetition_penalty=0.7),
-        SamplingConfig(temperature=0, repetition_penalty=2.5),
-        SamplingConfig(temperature=1.0),
-    ]
-    changed = 0
-    for trial in range(20):
-        logits = torch.randn(len(configs), vocab) * 4
-        seen_ids = [torch.randint(0, vocab, (int(torch.randint(1, 60, ())),)) for _ in configs]
-        seen = torch.zeros(len(configs), vocab, dtype=torch.bool)
-        for index, ids in enumerate(seen_ids):
-            seen[index, ids] = True
-        rows = [_row(config, seed=trial * 10 + i) for i, config in enumerate(configs)]
-        picked = pick_tokens(logits, rows, seen).tolist()
-        expected = [
-            sample_next(logits[i], config, seen_ids[i], make_generator(trial * 10 + i))
-            for i, config in enumerate(configs)
-        ]
-        assert picked == expected
-        changed += picked[4] != int(logits[4].argmax())
-    assert changed  # the penalty did change some greedy picks: the comparison is not vacuous
-
-
-def test_penalty_shared_by_every_row_and_none_at_all():
-    logits = torch.tensor([[3.0, 2.9, -1.0], [-0.5, -0.4, -3.0]])
-    seen = torch.tensor([[True, False, False], [False, True, False]])
-    greedy = SamplingConfig(temperature=0, repetition_penalty=2.0)
-    assert pick_tokens(logits, [_row(greedy), _row(greedy)], seen).tolist() == [1, 0]
-    assert pick_tokens(logits, [_row(SamplingConfig(temperature=0))] * 2, seen).tolist() == [0, 1]
 
 
 def test_padding_columns_and_left_padded_concatenation():

@@ -59,7 +59,8 @@ class Row:
 
 class Batch:
     """Rows, their cache, the logits that pick their next tokens, and the ids each row has
-    seen (prompt and answer, as a [B, V] mask) for the repetition penalty."""
+    seen (prompt and answer, as a [B, V] mask) for the repetition penalty: kept up to date
+    while some row of the batch uses a penalty (a row that joins brings its prompt's ids)."""
 
     def __init__(self, rows: list[Row], kv: KVBatch, logits: torch.Tensor, seen: torch.Tensor):
         self.rows, self.kv, self.logits, self.seen = rows, kv, logits, seen
@@ -148,7 +149,8 @@ class ContinuousBatcher:
                 keep.append(index)
         if not keep:
             return None
-        batch.seen[torch.arange(len(ids), device=tokens.device), tokens] = True
+        if any(row.sampling.repetition_penalty != 1.0 for row in rows):  # only they read `seen`
+            batch.seen[torch.arange(len(ids), device=tokens.device), tokens] = True
         if len(keep) < len(ids):
             batch.select(keep)
             tokens = tokens[torch.tensor(keep, device=tokens.device)]

@@ -1,9 +1,8 @@
 """Continuous batching for the torch backends: the decode loop they share.
 
-A backend supplies what is model-specific: how a sequence's prompt is built (`Backend.start`
-below), how prompts are prefilled into a key/value cache, and how that cache takes one step,
-drops rows and takes newcomers in (a `KVBatch`). This module owns the rest, once for all:
-the token budget, picking every row's next token in one batched pass (`sampling.pick_tokens`,
+A backend supplies what is model-specific: its prompt format and token decoder, how prompts
+are prefilled into a key/value cache, and how that cache takes one step, drops rows and takes
+newcomers in (a `KVBatch`). This module owns the rest, once for all: the token budget, picking every row's next token in one batched pass (`sampling.pick_tokens`,
 with the ids each row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`), dropping finished rows
 and merging requests that arrived meanwhile between steps.
 
@@ -19,7 +18,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .base import GenerationParams, Sequence
+from .base import Decoder, GenerationParams, Message, Sequence
 from .sampling import SamplingConfig, make_generator, pick_tokens
 
 
@@ -81,26 +80,39 @@ class Batch:
 class ContinuousBatcher:
     """Drives one `Backend.generate_continuous` call.
 
-    `start(seq)` tokenizes a sequence's prompt and calls `seq.begin()`; it returns the prompt,
-    or None when the sequence has ended already (no room for an answer). `prefill(prompts)`
-    runs prompts and returns their last logits [B, V] and their KVBatch.
+    `prompt(messages)` gives a sequence's prompt ids and `decoder()` a fresh token decoder for
+    it; `prefill(prompts)` runs prompts and returns their last logits [B, V] and their KVBatch.
     """
 
     def __init__(
         self,
         *,
-        start: Callable[[Sequence], list[int] | None],
+        prompt: Callable[[list[Message]], list[int]],
+        decoder: Callable[[], Decoder],
         prefill: Callable[[list[list[int]]], tuple[torch.Tensor, KVBatch]],
         eos_ids: Iterable[int],
+        context_length: int,
+        default_max_new_tokens: int,
         sampling_defaults: SamplingConfig,
         max_batch_size: int,
         device: torch.device | str,
     ):
-        self.start, self.prefill = start, prefill
+        self.prompt, self.decoder, self.prefill = prompt, decoder, prefill
         self.eos_ids = frozenset(eos_ids)
+        self.context_length, self.default_max_new_tokens = context_length, default_max_new_tokens
         self.sampling_defaults = sampling_defaults
         self.max_batch_size = max_batch_size
         self.device = torch.device(device)
+
+    def start(self, seq: Sequence) -> list[int] | None:
+        """Build the prompt and begin the sequence with its budget; None if it has no room."""
+        prompt = self.prompt(seq.messages)
+        budget = token_budget(seq.params, len(prompt), self.context_length, self.default_max_new_tokens)
+        seq.begin(len(prompt), self.decoder(), budget)
+        if budget <= 0:
+            seq.finish("length")
+            return None
+        return prompt
 
     def run(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
         """Decode until every sequence has ended; between steps, up to the free room of

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..base import Backend, Message, ModelInfo, Sequence
-from ..batching import ContinuousBatcher, token_budget
+from ..batching import ContinuousBatcher
 from ..config import EngineConfig
 from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
@@ -85,23 +85,14 @@ class ChatGLMBackend(Backend):
         prefilled and merged into it (continuous batching)."""
         model, tokenizer = self._loaded()
         batcher = ContinuousBatcher(
-            start=self._start, prefill=self._prefill, eos_ids=tokenizer.eos_token_ids,
+            prompt=self._prompt, decoder=tokenizer.stream_decoder, prefill=self._prefill,
+            eos_ids=tokenizer.eos_token_ids, context_length=model.config.context_length,
+            default_max_new_tokens=self.default_max_new_tokens(),
             sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
             device=model.device,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)
-
-    def _start(self, seq: Sequence) -> list[int] | None:
-        """Build the prompt and give the sequence its budget; None if it has no room."""
-        model, tokenizer = self._loaded()
-        prompt = self._prompt(seq.messages)
-        budget = token_budget(seq.params, len(prompt), model.config.context_length, self.default_max_new_tokens())
-        seq.begin(len(prompt), tokenizer.stream_decoder(), budget)
-        if budget <= 0:
-            seq.finish("length")
-            return None
-        return prompt
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _KV]:
         model, _ = self._loaded()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..base import Backend, Message, ModelInfo, Sequence
-from ..batching import ContinuousBatcher, cat_left_padded, padding_columns, token_budget
+from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig
 from ..detokenize import IncrementalDetokenizer
 from ..sampling import SamplingConfig
@@ -187,21 +187,13 @@ class TransformersBackend(Backend):
         prefilled and merged into the running batch (continuous batching), so a new request
         does not wait for the longest answer of the batch to end."""
         batcher = ContinuousBatcher(
-            start=self._start, prefill=self._prefill, eos_ids=self.eos_ids,
-            sampling_defaults=self.sampling_defaults, max_batch_size=self.max_batch_size, device=self.device,
+            prompt=self._prompt_ids, decoder=lambda: IncrementalDetokenizer(self._fast_decode),
+            prefill=self._prefill, eos_ids=self.eos_ids, context_length=self.context_length,
+            default_max_new_tokens=self.default_max_new_tokens(), sampling_defaults=self.sampling_defaults,
+            max_batch_size=self.max_batch_size, device=self.device,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)
-
-    def _start(self, seq: Sequence) -> list[int] | None:
-        """Tokenize the prompt and give the sequence its budget; None if it has no room."""
-        prompt = self._prompt_ids(seq.messages)
-        budget = token_budget(seq.params, len(prompt), self.context_length, self.default_max_new_tokens())
-        seq.begin(len(prompt), IncrementalDetokenizer(self._fast_decode), budget)
-        if budget <= 0:
-            seq.finish("length")
-            return None
-        return prompt
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _KV]:
         """One forward over the left-padded prompts: their last logits and their cache."""

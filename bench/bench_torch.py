@@ -293,6 +293,13 @@ def main() -> None:
     if args.worker:
         return worker_main(args.worker, args.tokens)
     cpu = cpu_info()
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch threads {os.cpu_count()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}\nflags: {cpu['flags']}")
+    print(f"medians of {args.repeats} rounds, {args.tokens} new tokens per stream (prefill included); "
+          "overhead: decode-thread CPU ms per step outside the model\n")
+    header = (f"{'model':<9}{'backend':<14}{'code':<10}{'streams':>8}{'raw tok/s':>11}{'engine tok/s':>14}"
+              f"{'per stream':>12}{'engine/raw':>12}{'raw ovh':>9}{'eng ovh':>9}")
+    print(header + "\n" + "-" * len(header), flush=True)
     trees = {"current": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     rows = []
     for name in args.models:
@@ -321,18 +328,11 @@ def main() -> None:
                     "engine_overhead_ms_per_step": statistics.median(m["overhead_ms_per_step"] for m in eng),
                     "raw_s": [m["wall"] for m in raw], "engine_s": [m["wall"] for m in eng],
                 })
+                r = rows[-1]
+                print(f"{r['model']:<9}{r['backend']:<14}{r['code']:<10}{r['streams']:>8}{r['raw_tok_s']:>11.1f}"
+                      f"{r['engine_tok_s']:>14.1f}{r['engine_per_stream_tok_s']:>12.1f}{r['ratio']:>12.3f}"
+                      f"{r['raw_overhead_ms_per_step']:>9.2f}{r['engine_overhead_ms_per_step']:>9.2f}", flush=True)
 
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch threads {os.cpu_count()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}\nflags: {cpu['flags']}")
-    print(f"medians of {args.repeats} rounds, {args.tokens} new tokens per stream (prefill included); "
-          "overhead: decode-thread CPU ms per step outside the model\n")
-    header = (f"{'model':<9}{'backend':<14}{'code':<10}{'streams':>8}{'raw tok/s':>11}{'engine tok/s':>14}"
-              f"{'per stream':>12}{'engine/raw':>12}{'raw ovh':>9}{'eng ovh':>9}")
-    print(header + "\n" + "-" * len(header))
-    for r in rows:
-        print(f"{r['model']:<9}{r['backend']:<14}{r['code']:<10}{r['streams']:>8}{r['raw_tok_s']:>11.1f}"
-              f"{r['engine_tok_s']:>14.1f}{r['engine_per_stream_tok_s']:>12.1f}{r['ratio']:>12.3f}"
-              f"{r['raw_overhead_ms_per_step']:>9.2f}{r['engine_overhead_ms_per_step']:>9.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"torch-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({

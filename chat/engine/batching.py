@@ -2,9 +2,10 @@
 
 A backend supplies what is model-specific: its prompt format and token decoder, how prompts
 are prefilled into a key/value cache, and how that cache takes one step, drops rows and takes
-newcomers in (a `KVBatch`). This module owns the rest, once for all: the token budget, picking every row's next token in one batched pass (`sampling.pick_tokens`,
-with the ids each row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`), dropping finished rows
-and merging requests that arrived meanwhile between steps.
+newcomers in (a `KVBatch`). This module owns the rest, once for all: the token budget,
+picking every row's next token in one batched pass (`sampling.pick_tokens`, with the ids each
+row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`),
+dropping finished rows, and merging requests that arrived meanwhile between steps.
 
 The helpers at the end do the cache bookkeeping that both cache layouts need: left-padding
 two batches to one length and dropping columns that are padding in every row.

@@ -177,12 +177,11 @@ class ModelClock:
 class Worker:
     """Loads one model through `Engine` and answers `raw B` / `engine B` measurements."""
 
-    def __init__(self, name: str, tokens: int):
+    def __init__(self, name: str):
         from chat.engine.scheduler import Engine
 
         factory, self.raw = {"smollm2": (smollm2_backend, raw_transformers),
                              "chatglm": (chatglm_backend, raw_chatglm)}[name]
-        self.tokens = tokens
         self.engine = Engine(factory)
         self.info = self.engine.wait_ready(600)
         backend = self.engine.backend
@@ -206,28 +205,28 @@ class Worker:
         while self.engine.running_count():
             time.sleep(0.001)
 
-    def measure(self, kind: str, streams: int) -> dict:
+    def measure(self, kind: str, streams: int, tokens: int) -> dict:
         self.clock.inside = self.thread_cpu = 0.0
         started = time.perf_counter()
         if kind == "raw":
             def timed_raw():
                 begun = time.thread_time()
-                self.raw(self.engine.backend, streams, self.tokens)
+                self.raw(self.engine.backend, streams, tokens)
                 self.thread_cpu = time.thread_time() - begun
 
             self.pool.submit(timed_raw).result()
             per_stream = None
         else:
-            results = asyncio.run(self._engine(streams, self.tokens))
+            results = asyncio.run(self._engine(streams, tokens))
             while self.engine.running_count():  # the results leave before generate_continuous returns
                 time.sleep(0.001)
             produced = [r.completion_tokens for r in results]
-            if produced != [self.tokens] * streams or any(r.finish_reason != "length" for r in results):
+            if produced != [tokens] * streams or any(r.finish_reason != "length" for r in results):
                 raise RuntimeError(f"the engine stopped early ({produced}): pick another prompt")
             per_stream = statistics.median(r.duration for r in results)
         wall = time.perf_counter() - started
         return {"wall": wall, "per_stream": per_stream or wall,
-                "overhead_ms_per_step": 1000 * (self.thread_cpu - self.clock.inside) / self.tokens}
+                "overhead_ms_per_step": 1000 * (self.thread_cpu - self.clock.inside) / tokens}
 
     async def _engine(self, streams: int, tokens: int):
         from chat.engine.base import GenerationParams, GenerationResult
@@ -243,30 +242,30 @@ class Worker:
         return await asyncio.gather(*(drain(r) for r in requests))
 
 
-def worker_main(name: str, tokens: int) -> None:
+def worker_main(name: str) -> None:
     """The worker's side of the pipe: one JSON command a line in, one JSON answer a line out."""
     out = sys.stdout
     sys.stdout = sys.stderr  # library chatter stays off the pipe
     torch.set_num_threads(os.cpu_count() or 1)
-    worker = Worker(name, tokens)
+    worker = Worker(name)
     print(json.dumps({"backend": worker.info.backend}), file=out, flush=True)
     for line in sys.stdin:
-        kind, streams = json.loads(line)
-        print(json.dumps(worker.measure(kind, streams)), file=out, flush=True)
+        kind, streams, tokens = json.loads(line)
+        print(json.dumps(worker.measure(kind, streams, tokens)), file=out, flush=True)
     worker.engine.stop()
 
 
 class WorkerProcess:
-    def __init__(self, code: Path, name: str, tokens: int):
+    def __init__(self, code: Path, name: str):
         env = {**os.environ, "PYTHONPATH": str(code)}
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", name, "--tokens", str(tokens)], cwd=ROOT, env=env,
+            [sys.executable, __file__, "--worker", name], cwd=ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self.backend = self._read()["backend"]
 
-    def ask(self, kind: str, streams: int) -> dict:
-        self.proc.stdin.write(json.dumps([kind, streams]) + "\n")
+    def ask(self, kind: str, streams: int, tokens: int) -> dict:
+        self.proc.stdin.write(json.dumps([kind, streams, tokens]) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -291,7 +290,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker_main(args.worker, args.tokens)
+        return worker_main(args.worker)
     cpu = cpu_info()
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch threads {os.cpu_count()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}\nflags: {cpu['flags']}")
@@ -303,13 +302,16 @@ def main() -> None:
     trees = {"current": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     rows = []
     for name in args.models:
-        workers = {label: WorkerProcess(code, name, args.tokens) for label, code in trees.items()}
+        workers = {label: WorkerProcess(code, name) for label, code in trees.items()}
         samples: dict = {}
+        for streams in args.streams:  # one-off costs of each batch size (allocations) stay out
+            for worker in workers.values():
+                worker.ask("raw", streams, 4), worker.ask("engine", streams, 4)
         for _ in range(args.repeats):
             for streams in args.streams:
                 for label, worker in workers.items():
                     for kind in ("raw", "engine"):
-                        samples.setdefault((label, streams, kind), []).append(worker.ask(kind, streams))
+                        samples.setdefault((label, streams, kind), []).append(worker.ask(kind, streams, args.tokens))
         for worker in workers.values():
             worker.close()
         for label in trees:

@@ -213,6 +213,7 @@ class _KV:
 
     def __init__(self, model, cache, mask: torch.Tensor, positions: torch.Tensor):
         self.model, self.cache, self.mask, self.positions = model, cache, mask, positions
+        self._note_padding()
         from transformers.cache_utils import DynamicLayer
 
         # Rows can be merged in only where every cache layer is a plain growing one.
@@ -222,8 +223,8 @@ class _KV:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=-1)
         self.positions = self.positions + 1
         out = self.model(
-            input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.positions,
-            cache=self.cache, use_cache=True,
+            input_ids=tokens[:, None], attention_mask=self.mask if self.padded else None,
+            position_ids=self.positions, cache=self.cache, use_cache=True,
         )
         self.cache = out.cache
         return out.logits[:, -1, :]
@@ -234,6 +235,7 @@ class _KV:
         self.mask, self.positions = self.mask[index], self.positions[index]
         if self.joinable:
             self._trim()
+        self._note_padding()
 
     def merge(self, other: _KV) -> None:
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
@@ -242,6 +244,12 @@ class _KV:
         self.mask = cat_left_padded(self.mask, other.mask, dim=1)
         self.positions = torch.cat([self.positions, other.positions])
         self._trim()
+        self._note_padding()
+
+    def _note_padding(self) -> None:
+        """Without padding the model gets no mask: transformers would otherwise check the mask
+        for padding at every step (a device sync on a GPU) only to drop it, the same path."""
+        self.padded = not bool(self.mask.all())
 
     def _trim(self) -> None:
         """Drop leading cache positions that are padding in every row. Merges pad to the

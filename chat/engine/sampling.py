@@ -1,5 +1,6 @@
 """Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling with a
-repetition penalty. Shared by every backend that runs its own decode loop, one row per sequence."""
+repetition penalty. Shared by every backend that runs its own decode loop: the penalty and the
+greedy choice run over the whole batch at once, sampled rows draw one by one."""
 
 from __future__ import annotations
 
@@ -42,24 +43,48 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty, as transformers applies it: divide positive logits of seen tokens, multiply negative."""
-    if penalty == 1.0 or seen.numel() == 0:
+    """CTRL's penalty, as transformers applies it: divide the positive logits of seen tokens,
+    multiply the negative ones. `seen` is a bool mask shaped like `logits` (rows [B, V])."""
+    if penalty == 1.0:
         return logits
-    scores = logits.gather(-1, seen)
-    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return logits.scatter(-1, seen, scores)
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
-def sample_next(
+def pick_tokens(
     logits: torch.Tensor,
-    config: SamplingConfig,
-    seen: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Pick the next token id from a 1-D logits row (float32)."""
+    configs: list[SamplingConfig],
+    generators: list[torch.Generator | None],
+    seen: torch.Tensor,
+) -> torch.Tensor:
+    """The next token id of every row ([B] long, on the logits' device) from logits [B, V].
+
+    The repetition penalty and the greedy choice run once over the batch (rows sharing a
+    penalty together); rows that sample draw one by one, each with its settings and generator.
+    """
     logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    groups: dict[float, list[int]] = {}
+    for index, config in enumerate(configs):
+        if config.repetition_penalty != 1.0:
+            groups.setdefault(config.repetition_penalty, []).append(index)
+    for penalty, indices in groups.items():
+        if len(indices) == len(configs):
+            logits = apply_repetition_penalty(logits, seen, penalty)
+        else:
+            index = torch.tensor(indices, device=logits.device)
+            part = apply_repetition_penalty(logits.index_select(0, index), seen.index_select(0, index), penalty)
+            logits = logits.index_copy(0, index, part)
+    tokens = logits.argmax(-1)
+    sampled = [index for index, config in enumerate(configs) if not config.greedy]
+    if sampled:
+        tokens = tokens.clone()
+        for index in sampled:
+            tokens[index] = sample_next(logits[index], configs[index], generators[index])
+    return tokens
+
+
+def sample_next(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None) -> int:
+    """Pick the next token id from a 1-D logits row (float32), penalised already."""
+    logits = logits.float()
     if config.greedy:
         return int(torch.argmax(logits))
     logits = logits / config.temperature

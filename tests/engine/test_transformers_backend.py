@@ -49,10 +49,11 @@ def build_checkpoint(path, tokenizer, family: str):
     return model, tokenizer
 
 
-def reference_ids(model, tokenizer, messages, max_new_tokens=12):
+def reference_ids(model, tokenizer, messages, max_new_tokens=12, repetition_penalty=1.0):
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
     prompt = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
-    out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
+                         repetition_penalty=repetition_penalty)
     return out[0, prompt.shape[1]:].tolist()
 
 
@@ -91,6 +92,33 @@ async def test_matches_transformers_generate_alone_and_batched(family, tmp_path,
         assert one.text == many.text == text  # left padding and batch pruning change nothing
         assert one.finish_reason == ("stop" if stopped else "length")
         assert one.completion_tokens == len(ids) - (1 if stopped else 0)
+    engine.stop()
+
+
+async def test_repetition_penalty_matches_generate_alone_and_batched(tmp_path, smol_tokenizer):
+    """The penalty is applied to the whole batch at once (a [B, V] mask of seen ids): each row
+    still gets exactly what transformers' own RepetitionPenaltyLogitsProcessor gives it alone."""
+    PENALTY = 1.5
+    model, tokenizer = build_checkpoint(tmp_path, smol_tokenizer, "llama")
+    with torch.no_grad():  # output = input embeddings: the model likes to repeat what it saw
+        model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+    model.save_pretrained(tmp_path)
+    engine = Engine(lambda: TransformersBackend(EngineConfig(model=str(tmp_path), max_batch_size=4)))
+    engine.wait_ready(120)
+    conversations = [
+        [{"role": "user", "content": "Hello!"}],
+        [{"role": "user", "content": "A much longer question, to pad the other rows of the batch on the left"}],
+        [{"role": "user", "content": "Why?"}],
+    ]
+    eos = set(model.generation_config.eos_token_id)
+    penalized = [reference_ids(model, tokenizer, m, max_new_tokens=24, repetition_penalty=PENALTY) for m in conversations]
+    plain = [reference_ids(model, tokenizer, m, max_new_tokens=24) for m in conversations]
+    assert penalized != plain  # the penalty changes these answers: the comparison is not vacuous
+    expected = [tokenizer.decode([i for i in ids if i not in eos], skip_special_tokens=True) for ids in penalized]
+    params = GenerationParams(temperature=0, repetition_penalty=PENALTY, max_new_tokens=24)
+    alone = [await run(engine, messages, params) for messages in conversations]
+    batched = await asyncio.gather(*(run(engine, messages, params) for messages in conversations))
+    assert [r.text for r in alone] == [r.text for r in batched] == expected
     engine.stop()
 
 
@@ -194,7 +222,7 @@ def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path,
     assert all(seq.result.finish_reason == "length" for seq in joined if seq.result.completion_tokens == 10)
 
 
-def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer):
+def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer, monkeypatch):
     """A batch that never empties keeps its cache as long as its longest live row."""
     import threading
 
@@ -209,19 +237,38 @@ def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer):
                  for i in range(16)]
     waiting = sequences[1:]
     lengths, calls = [], []
-    step = backend._decode_step
+    from chat.engine.backends import transformers as backend_module
 
-    def recording_step(batch):
-        lengths.append(batch.mask.shape[1])
-        return step(batch)
+    step = backend_module._KV.step
+
+    def recording_step(kv, tokens):
+        lengths.append(kv.mask.shape[1])
+        return step(kv, tokens)
 
     def admit(limit):
         calls.append(limit)
         return [waiting.pop(0)] if waiting and len(calls) % 3 == 0 else []
 
-    backend._decode_step = recording_step
+    monkeypatch.setattr(backend_module._KV, "step", recording_step)
     backend.generate_continuous([sequences[0]], admit)
     assert not waiting and len(lengths) > 40
     longest_prompt = max(backend.count_prompt_tokens([{"role": "user", "content": t}]) for t in texts)
     assert max(lengths) <= longest_prompt + 6 + 1
     assert all(seq.result.finish_reason in ("length", "stop") for seq in sequences)
+
+
+@pytest.mark.parametrize("family", ["llama", "glm4"])
+def test_detokenizer_decode_equals_tokenizer_decode(family, tmp_path, smol_tokenizer):
+    """The detokenizer calls the Rust tokenizer directly (it is its hot path): the text must be
+    what `tokenizer.decode(..., skip_special_tokens=True)` gives, specials and split characters too."""
+    _, tokenizer = build_checkpoint(tmp_path, smol_tokenizer, family)
+    backend = TransformersBackend(EngineConfig(model=str(tmp_path)))
+    backend.load()
+    assert backend._fast_decode is not backend._decode  # the fast path is taken for this tokenizer
+    text = "Hello, 世界 🙂!  Tabs\tand\nnewlines. <|user|> [gMASK] ünïcödé"
+    ids = tokenizer.encode(text, add_special_tokens=False) + tokenizer.convert_tokens_to_ids(
+        [t for t in GLM_SPECIALS if t in tokenizer.get_vocab()]) + [tokenizer.eos_token_id]
+    for start in range(len(ids)):
+        for end in range(start, min(len(ids), start + 6) + 1):
+            window = ids[start:end]
+            assert backend._fast_decode(window) == tokenizer.decode(window, skip_special_tokens=True), window

@@ -9,18 +9,18 @@ into the running batch between steps (continuous batching).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
 from ..base import Backend, Message, ModelInfo, Sequence
+from ..batching import ContinuousBatcher
 from ..config import EngineConfig
-from ..models.chatglm import ChatGLMBase
+from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
 from ..models.loading import load_model
-from ..sampling import SamplingConfig, make_generator, sample_next
+from ..sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,6 @@ FAMILY_SAMPLING = {
     "v2": SamplingConfig(temperature=0.8, top_p=0.8),
     "v3": SamplingConfig(temperature=0.8, top_p=0.8),
 }
-
-
-@dataclasses.dataclass
-class _Row:
-    """One sequence's place in the decode batch."""
-
-    seq: Sequence
-    sampling: SamplingConfig
-    generator: torch.Generator | None
-    seen: list[int]  # prompt + generated ids, for the repetition penalty
 
 
 class ChatGLMBackend(Backend):
@@ -87,14 +77,6 @@ class ChatGLMBackend(Backend):
             raise RuntimeError("the ChatGLM backend is not loaded")
         return self.model, self.tokenizer
 
-    def _budget(self, seq: Sequence, prompt_tokens: int) -> int:
-        """New tokens allowed: max_new_tokens, then max_length (prompt + answer), then the context."""
-        model, _ = self._loaded()
-        budget = seq.params.max_new_tokens or self.default_max_new_tokens()
-        if seq.params.max_length:
-            budget = min(budget, seq.params.max_length - prompt_tokens)
-        return min(budget, model.config.context_length - prompt_tokens)
-
     def generate(self, sequences: list[Sequence]) -> None:
         self.generate_continuous(sequences, lambda limit: [])
 
@@ -102,67 +84,39 @@ class ChatGLMBackend(Backend):
         """Decode the batch step by step; between steps, sequences that arrived since are
         prefilled and merged into it (continuous batching)."""
         model, tokenizer = self._loaded()
-        eos = tokenizer.eos_token_ids
-        rows, batch, logits = self._prefill(sequences)
-        while True:
-            room = self.max_batch_size - len(rows)
-            new_rows, new_batch, new_logits = self._prefill(admit(room)) if room > 0 else ([], None, None)
-            if new_rows:
-                if batch is None:
-                    batch, logits = new_batch, new_logits
-                else:
-                    batch.merge(new_batch)
-                    logits = torch.cat([logits, new_logits])
-                rows = rows + new_rows
-            if not rows:
-                return
-            logits = logits.float().cpu()
-            tokens, keep = [], []
-            for index, row in enumerate(rows):
-                token = self._next_token(logits[index], row)
-                if token in eos:
-                    row.seq.finish("stop")
-                elif row.seq.push_token(token):  # False: budget, stop string or cancellation
-                    tokens.append(token)
-                    keep.append(index)
-            if not keep:
-                rows, batch, logits = [], None, None
-                continue
-            if len(keep) < len(rows):
-                batch.select(keep)
-                rows = [rows[index] for index in keep]
-            logits = model.decode(batch, tokens)
+        batcher = ContinuousBatcher(
+            prompt=self._prompt, decoder=tokenizer.stream_decoder, prefill=self._prefill,
+            eos_ids=tokenizer.eos_token_ids, context_length=model.config.context_length,
+            default_max_new_tokens=self.default_max_new_tokens(),
+            sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
+            device=model.device,
+        )
+        with torch.inference_mode():
+            batcher.run(sequences, admit)
 
-    def _prefill(self, sequences: list[Sequence]):
-        """Begin the sequences and run their prompts: (rows, their DecodeBatch, logits)."""
-        model, tokenizer = self._loaded()
-        defaults = FAMILY_SAMPLING[model.config.family]
-        rows: list[_Row] = []
-        prompts: list[list[int]] = []
-        for seq in sequences:
-            prompt = self._prompt(seq.messages)
-            budget = self._budget(seq, len(prompt))
-            seq.begin(len(prompt), tokenizer.stream_decoder(), budget)
-            if budget <= 0:
-                seq.finish("length")
-                continue
-            sampling = SamplingConfig.from_params(seq.params, defaults)
-            rows.append(_Row(seq, sampling, make_generator(seq.params.seed), list(prompt)))
-            prompts.append(prompt)
-        if not rows:
-            return [], None, None
+    def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _KV]:
+        model, _ = self._loaded()
         logits, batch = model.prefill(prompts)
-        return rows, batch, logits
-
-    @staticmethod
-    def _next_token(logits: torch.Tensor, row: _Row) -> int:
-        seen = None
-        if row.sampling.repetition_penalty != 1.0:
-            seen = torch.tensor(row.seen, dtype=torch.long)
-        token = sample_next(logits, row.sampling, seen, row.generator)
-        row.seen.append(token)
-        return token
+        return logits, _KV(model, batch)
 
     def clear_cache(self) -> None:
         if self.config.device >= 0 and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class _KV:
+    """The model's DecodeBatch as the shared batcher drives it."""
+
+    joinable = True  # the cache grows per row and pads on the left: rows can always join
+
+    def __init__(self, model: ChatGLMBase, batch: DecodeBatch):
+        self.model, self.batch = model, batch
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(self.batch, tokens)
+
+    def select(self, rows: list[int]) -> None:
+        self.batch.select(rows)
+
+    def merge(self, other: _KV) -> None:
+        self.batch.merge(other.batch)

@@ -18,13 +18,13 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import control_tokens
 from ..base import Backend, Message, ModelInfo, Sequence
+from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig
 from ..detokenize import IncrementalDetokenizer
-from ..sampling import SamplingConfig, make_generator, sample_next
+from ..sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class TransformersBackend(Backend):
         if not self.tokenizer.chat_template:
             self.tokenizer.chat_template = FALLBACK_TEMPLATE
         self.eos_ids = self._eos_ids()
+        self._fast_decode = self._token_decoder()
         self.sampling_defaults = self._sampling_defaults()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
 
@@ -158,6 +159,24 @@ class TransformersBackend(Backend):
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def _token_decoder(self):
+        """What the detokenizer calls, twice per token of every row: the Rust tokenizer's own
+        decode (about 1 µs) where `tokenizer.decode` does nothing more than call it (it adds
+        about 15 µs of Python); `tokenizer.decode` itself for any tokenizer that changes it."""
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+        cls = type(self.tokenizer)
+        if (
+            isinstance(self.tokenizer, TokenizersBackend)
+            and cls.decode is PreTrainedTokenizerBase.decode
+            and cls._decode is TokenizersBackend._decode
+            and not self.tokenizer.clean_up_tokenization_spaces
+        ):
+            rust = self.tokenizer.backend_tokenizer
+            return lambda ids: rust.decode(ids, skip_special_tokens=True)
+        return self._decode
+
     def clear_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -172,139 +191,77 @@ class TransformersBackend(Backend):
         """Decode a batch step by step. Between steps, sequences that arrived since are
         prefilled and merged into the running batch (continuous batching), so a new request
         does not wait for the longest answer of the batch to end."""
+        batcher = ContinuousBatcher(
+            prompt=self._prompt_ids, decoder=lambda: IncrementalDetokenizer(self._fast_decode),
+            prefill=self._prefill, eos_ids=self.eos_ids, context_length=self.context_length,
+            default_max_new_tokens=self.default_max_new_tokens(), sampling_defaults=self.sampling_defaults,
+            max_batch_size=self.max_batch_size, device=self.device,
+        )
         with torch.inference_mode():
-            batch = self._prefill(self._start(sequences))
-            while True:
-                if batch is None or batch.joinable:
-                    room = self.max_batch_size - (len(batch.rows) if batch else 0)
-                    joining = self._prefill(self._start(admit(room))) if room > 0 else None
-                    batch = _Batch.merge(batch, joining)
-                if batch is None:
-                    return
-                batch = self._decode_step(batch)
+            batcher.run(sequences, admit)
 
-    def _start(self, sequences: list[Sequence]) -> list[_Row]:
-        """Tokenize each prompt and give it its budget; those with no room end at once."""
-        rows = []
-        for seq in sequences:
-            prompt = self._prompt_ids(seq.messages)
-            budget = min(
-                seq.params.max_new_tokens or self.default_max_new_tokens(),
-                (seq.params.max_length or self.context_length) - len(prompt),
-                self.context_length - len(prompt),
-            )
-            seq.begin(len(prompt), IncrementalDetokenizer(self._decode), budget)
-            if budget <= 0:
-                seq.finish("length")
-                continue
-            sampling = SamplingConfig.from_params(seq.params, self.sampling_defaults)
-            rows.append(_Row(seq, prompt, sampling, make_generator(seq.params.seed, self.device)))
-        return rows
-
-    def _prefill(self, rows: list[_Row]) -> _Batch | None:
-        """One forward over the left-padded prompts: their cache and first logits."""
-        if not rows:
-            return None
+    def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _KV]:
+        """One forward over the left-padded prompts: their last logits and their cache."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(r.prompt) for r in rows)
-        input_ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows], device=self.device)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        return _Batch(rows, out.cache, mask, positions[:, -1:], out.logits[:, -1, :])
-
-    def _decode_step(self, batch: _Batch) -> _Batch | None:
-        """Pick each row's next token, drop finished rows, and run one forward for the rest."""
-        next_ids = [self._step(row, batch.logits[i]) for i, row in enumerate(batch.rows)]
-        keep = [i for i, row in enumerate(batch.rows) if not row.seq.finished]
-        if not keep:
-            return None
-        rows, cache, mask, positions = batch.rows, batch.cache, batch.mask, batch.positions
-        if len(keep) < len(rows):  # drop finished rows from the batch and its cache
-            index = torch.tensor(keep, device=self.device)
-            cache.batch_select_indices(index)
-            rows, mask, positions = [rows[i] for i in keep], mask[index], positions[index]
-            next_ids = [next_ids[i] for i in keep]
-            if batch.joinable:
-                mask = _trim_padding(cache, mask)
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
-        positions = positions + 1
-        out = self.model(
-            input_ids=torch.tensor(next_ids, device=self.device)[:, None], attention_mask=mask,
-            position_ids=positions, cache=cache, use_cache=True,
-        )
-        return _Batch(rows, out.cache, mask, positions, out.logits[:, -1, :])
-
-    def _step(self, row: _Row, logits: torch.Tensor) -> int:
-        seen = torch.tensor(row.prompt + row.generated, device=logits.device) if row.sampling.repetition_penalty != 1.0 else None
-        token = sample_next(logits, row.sampling, seen, row.generator)
-        if token in self.eos_ids:
-            row.seq.finish("stop")
-        elif row.seq.cancelled:
-            row.seq.finish("cancelled")
-        else:
-            row.generated.append(token)
-            row.seq.push_token(token)
-        return token
+        return out.logits[:, -1, :], _KV(self.model, out.cache, mask, positions[:, -1:])
 
 
-class _Batch:
-    """The running batch: its rows, their KV cache and attention mask (both left-padded to one
-    length), each row's last position, and the logits that pick each row's next token."""
+class _KV:
+    """The running batch's cache (a transformers Cache) and attention mask, both left-padded
+    to one length, and each row's last position (positions are per row, so padding never
+    shifts them)."""
 
-    def __init__(self, rows, cache, mask, positions, logits):
-        self.rows, self.cache, self.mask, self.positions, self.logits = rows, cache, mask, positions, logits
-
-    @property
-    def joinable(self) -> bool:
-        """Rows can be merged in only where every cache layer is a plain growing one."""
+    def __init__(self, model, cache, mask: torch.Tensor, positions: torch.Tensor):
+        self.model, self.cache, self.mask, self.positions = model, cache, mask, positions
+        self._note_padding()
         from transformers.cache_utils import DynamicLayer
 
-        return all(type(layer) is DynamicLayer for layer in getattr(self.cache, "layers", [None]))
+        # Rows can be merged in only where every cache layer is a plain growing one.
+        self.joinable = all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
-    @staticmethod
-    def merge(running: _Batch | None, joining: _Batch | None) -> _Batch | None:
-        """One batch of both: caches and masks left-padded to the longer length (the padding is
-        masked out; positions are per row, so they are unchanged), rows stacked."""
-        if running is None or joining is None:
-            return running or joining
-        length = max(running.mask.shape[1], joining.mask.shape[1])
-
-        def pad(tensor, dim_from_end):
-            missing = length - tensor.shape[-dim_from_end]
-            return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (missing, 0)) if missing else tensor
-
-        for mine, theirs in zip(running.cache.layers, joining.cache.layers):
-            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
-            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
-        mask = _trim_padding(running.cache, torch.cat([pad(running.mask, 1), pad(joining.mask, 1)]))
-        return _Batch(
-            running.rows + joining.rows, running.cache, mask,
-            torch.cat([running.positions, joining.positions]),
-            torch.cat([running.logits, joining.logits]),
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=-1)
+        self.positions = self.positions + 1
+        out = self.model(
+            input_ids=tokens[:, None], attention_mask=self.mask if self.padded else None,
+            position_ids=self.positions, cache=self.cache, use_cache=True,
         )
+        self.cache = out.cache
+        return out.logits[:, -1, :]
 
+    def select(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        if self.joinable:
+            self._trim()
+        self._note_padding()
 
-def _trim_padding(cache, mask: torch.Tensor) -> torch.Tensor:
-    """Drop leading cache positions that are padding in every row; return the mask to match.
-    Merges pad to the longest row and rows leave, so without this a batch that never empties
-    (steady traffic) would carry an ever longer cache."""
-    valid = mask.any(0)
-    first = int(valid.nonzero()[0]) if bool(valid.any()) else 0
-    if first:
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-    return mask[:, first:]
+    def merge(self, other: _KV) -> None:
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = cat_left_padded(mine.keys, theirs.keys, dim=2)
+            mine.values = cat_left_padded(mine.values, theirs.values, dim=2)
+        self.mask = cat_left_padded(self.mask, other.mask, dim=1)
+        self.positions = torch.cat([self.positions, other.positions])
+        self._trim()
+        self._note_padding()
 
+    def _note_padding(self) -> None:
+        """Without padding the model gets no mask: transformers would otherwise check the mask
+        for padding at every step (a device sync on a GPU) only to drop it, the same path."""
+        self.padded = not bool(self.mask.all())
 
-class _Row:
-    """One sequence's state inside a decoding batch."""
-
-    __slots__ = ("seq", "prompt", "sampling", "generator", "generated")
-
-    def __init__(self, seq: Sequence, prompt: list[int], sampling: SamplingConfig, generator):
-        self.seq = seq
-        self.prompt = prompt
-        self.sampling = sampling
-        self.generator = generator
-        self.generated: list[int] = []
+    def _trim(self) -> None:
+        """Drop leading cache positions that are padding in every row. Merges pad to the
+        longest row and rows leave, so without this a batch that never empties (steady
+        traffic) would carry an ever longer cache."""
+        first = padding_columns(self.mask)
+        if first:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import cat_left_padded, padding_columns
+
 
 @dataclasses.dataclass(frozen=True)
 class ChatGLMConfig:
@@ -131,8 +133,7 @@ class DecodeBatch:
         """Drop leading cache positions that are padding in every row. Merges pad to the
         longest row and rows leave, so without this a batch that never empties (steady
         traffic) would carry an ever longer cache."""
-        valid = self.key_valid.any(0)
-        first = int(valid.nonzero()[0]) if bool(valid.any()) else 0
+        first = padding_columns(self.key_valid)
         if first:
             cache = self.cache
             cache.keys = [None if k is None else k[:, :, first:] for k in cache.keys]
@@ -144,19 +145,12 @@ class DecodeBatch:
         """Take `other`'s rows in after this batch's (continuous batching). Both caches are
         left-padded to the longer length; the padding is masked out by `key_valid`, and the
         positions are per row, so neither batch's rows compute anything different."""
-        length = max(self.cache.length, other.cache.length)
-
-        def pad(tensor: torch.Tensor, used: int, dim_from_end: int, value=0) -> torch.Tensor:
-            tensor = tensor[..., :used, :] if dim_from_end == 2 else tensor[..., :used]
-            return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (length - used, 0), value=value)
-
         mine, theirs = self.cache, other.cache
         for layer in range(len(mine.keys)):
-            mine.keys[layer] = torch.cat([pad(mine.keys[layer], mine.length, 2), pad(theirs.keys[layer], theirs.length, 2)])
-            mine.values[layer] = torch.cat([pad(mine.values[layer], mine.length, 2), pad(theirs.values[layer], theirs.length, 2)])
-        mine.length = length
-        self.key_valid = torch.cat([pad(self.key_valid, self.key_valid.shape[1], 1, False),
-                                    pad(other.key_valid, other.key_valid.shape[1], 1, False)])
+            mine.keys[layer] = cat_left_padded(mine.keys[layer][:, :, : mine.length], theirs.keys[layer][:, :, : theirs.length], dim=2)
+            mine.values[layer] = cat_left_padded(mine.values[layer][:, :, : mine.length], theirs.values[layer][:, :, : theirs.length], dim=2)
+        mine.length = max(mine.length, theirs.length)
+        self.key_valid = cat_left_padded(self.key_valid, other.key_valid, dim=1, value=False)
         self.next_position = torch.cat([self.next_position, other.next_position])
         self._trim()
 
@@ -222,9 +216,9 @@ class ChatGLMBase(nn.Module):
         return (logits[:, -1] if last_only else logits), batch
 
     @torch.inference_mode()
-    def decode(self, batch: DecodeBatch, tokens: list[int]) -> torch.Tensor:
-        """One step: the new token of every row in; logits [B, V] out."""
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+    def decode(self, batch: DecodeBatch, tokens: list[int] | torch.Tensor) -> torch.Tensor:
+        """One step: the new token of every row in (ids, or a [B] tensor); logits [B, V] out."""
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         positions = self._step_positions(batch)
         hidden = self.forward(ids, positions, batch.step_mask(), batch.cache)
         return self.head(hidden)[:, -1]

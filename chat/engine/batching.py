@@ -1,0 +1,194 @@
+"""Continuous batching for the torch backends: the decode loop they share.
+
+A backend supplies what is model-specific: its prompt format and token decoder, how prompts
+are prefilled into a key/value cache, and how that cache takes one step, drops rows and takes
+newcomers in (a `KVBatch`). This module owns the rest, once for all: the token budget,
+picking every row's next token in one batched pass (`sampling.pick_tokens`, with the ids each
+row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`),
+dropping finished rows, and merging requests that arrived meanwhile between steps.
+
+The helpers at the end do the cache bookkeeping that both cache layouts need: left-padding
+two batches to one length and dropping columns that are padding in every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .base import Decoder, GenerationParams, Message, Sequence
+from .sampling import SamplingConfig, make_generator, pick_tokens
+
+
+def token_budget(params: GenerationParams, prompt_tokens: int, context_length: int, default_max_new_tokens: int) -> int:
+    """New tokens a sequence may generate: `max_new_tokens` (or the backend's default), then
+    the seed API's `max_length` (prompt + answer, as ChatGLM's `stream_chat` counts), then what
+    the context leaves. Zero or less: the prompt leaves no room."""
+    budget = params.max_new_tokens or default_max_new_tokens
+    if params.max_length:
+        budget = min(budget, params.max_length - prompt_tokens)
+    return min(budget, context_length - prompt_tokens)
+
+
+class KVBatch(Protocol):
+    """A backend's running batch: the key/value cache of its rows, in row order."""
+
+    joinable: bool  # whether rows can be merged in (a cache of fixed layout cannot)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row ([B] long); return the next logits [B, V]."""
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order."""
+
+    def merge(self, other: KVBatch) -> None:
+        """Append `other`'s rows after this batch's."""
+
+
+class Row:
+    """One sequence's place in the batch."""
+
+    __slots__ = ("seq", "sampling", "generator")
+
+    def __init__(self, seq: Sequence, sampling: SamplingConfig, generator: torch.Generator | None):
+        self.seq, self.sampling, self.generator = seq, sampling, generator
+
+
+class Batch:
+    """Rows, their cache, the logits that pick their next tokens, and the ids each row has
+    seen (prompt and answer, as a [B, V] mask) for the repetition penalty: kept up to date
+    while some row of the batch uses a penalty (a row that joins brings its prompt's ids)."""
+
+    def __init__(self, rows: list[Row], kv: KVBatch, logits: torch.Tensor, seen: torch.Tensor):
+        self.rows, self.kv, self.logits, self.seen = rows, kv, logits, seen
+
+    def merge(self, other: Batch) -> None:
+        self.kv.merge(other.kv)
+        self.rows = self.rows + other.rows
+        self.logits = torch.cat([self.logits, other.logits])
+        self.seen = torch.cat([self.seen, other.seen])
+
+    def select(self, keep: list[int]) -> None:
+        self.kv.select(keep)
+        index = torch.tensor(keep, device=self.seen.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.seen = self.seen.index_select(0, index)
+
+
+class ContinuousBatcher:
+    """Drives one `Backend.generate_continuous` call.
+
+    `prompt(messages)` gives a sequence's prompt ids and `decoder()` a fresh token decoder for
+    it; `prefill(prompts)` runs prompts and returns their last logits [B, V] and their KVBatch.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompt: Callable[[list[Message]], list[int]],
+        decoder: Callable[[], Decoder],
+        prefill: Callable[[list[list[int]]], tuple[torch.Tensor, KVBatch]],
+        eos_ids: Iterable[int],
+        context_length: int,
+        default_max_new_tokens: int,
+        sampling_defaults: SamplingConfig,
+        max_batch_size: int,
+        device: torch.device | str,
+    ):
+        self.prompt, self.decoder, self.prefill = prompt, decoder, prefill
+        self.eos_ids = frozenset(eos_ids)
+        self.context_length, self.default_max_new_tokens = context_length, default_max_new_tokens
+        self.sampling_defaults = sampling_defaults
+        self.max_batch_size = max_batch_size
+        self.device = torch.device(device)
+
+    def start(self, seq: Sequence) -> list[int] | None:
+        """Build the prompt and begin the sequence with its budget; None if it has no room."""
+        prompt = self.prompt(seq.messages)
+        budget = token_budget(seq.params, len(prompt), self.context_length, self.default_max_new_tokens)
+        seq.begin(len(prompt), self.decoder(), budget)
+        if budget <= 0:
+            seq.finish("length")
+            return None
+        return prompt
+
+    def run(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
+        """Decode until every sequence has ended; between steps, up to the free room of
+        sequences from `admit(n)` are prefilled and merged into the batch."""
+        batch = self._prefill(sequences)
+        while True:
+            if batch is None or batch.kv.joinable:
+                room = self.max_batch_size - (len(batch.rows) if batch else 0)
+                joining = self._prefill(admit(room)) if room > 0 else None
+                if batch is None:
+                    batch = joining
+                elif joining is not None:
+                    batch.merge(joining)
+            if batch is None:
+                return
+            batch = self._step(batch)
+
+    def _prefill(self, sequences: list[Sequence]) -> Batch | None:
+        rows, prompts = [], []
+        for seq in sequences:
+            prompt = self.start(seq)
+            if prompt is None:
+                continue
+            sampling = SamplingConfig.from_params(seq.params, self.sampling_defaults)
+            rows.append(Row(seq, sampling, make_generator(seq.params.seed, self.device)))
+            prompts.append(prompt)
+        if not rows:
+            return None
+        logits, kv = self.prefill(prompts)
+        seen = torch.zeros(len(rows), logits.shape[-1], dtype=torch.bool, device=logits.device)
+        for index, prompt in enumerate(prompts):
+            seen[index, torch.tensor(prompt, device=logits.device)] = True
+        return Batch(rows, kv, logits, seen)
+
+    def _step(self, batch: Batch) -> Batch | None:
+        """Pick every row's next token, let each sequence account it, drop the rows that
+        ended, and run one forward for the rest."""
+        rows = batch.rows
+        tokens = pick_tokens(batch.logits, [r.sampling for r in rows], [r.generator for r in rows], batch.seen)
+        ids = tokens.tolist()  # the one device-to-host copy of the step
+        eos, keep = self.eos_ids, []
+        for index, (row, token) in enumerate(zip(batch.rows, ids)):
+            if token in eos:
+                row.seq.finish("stop")
+            elif row.seq.push_token(token):  # False: budget, stop string or cancellation
+                keep.append(index)
+        if not keep:
+            return None
+        if any(row.sampling.repetition_penalty != 1.0 for row in rows):  # only they read `seen`
+            batch.seen[torch.arange(len(ids), device=tokens.device), tokens] = True
+        if len(keep) < len(ids):
+            batch.select(keep)
+            tokens = tokens[torch.tensor(keep, device=tokens.device)]
+        batch.logits = batch.kv.step(tokens)
+        return batch
+
+
+# -- cache bookkeeping ------------------------------------------------------------------------
+
+
+def padding_columns(valid: torch.Tensor) -> int:
+    """How many leading columns of a [B, S] validity mask are padding in every row."""
+    any_valid = valid.bool().any(0)
+    return int(any_valid.int().argmax()) if bool(any_valid.any()) else 0
+
+
+def cat_left_padded(first: torch.Tensor, second: torch.Tensor, dim: int, value=0) -> torch.Tensor:
+    """Both batches' rows in one tensor: each left-padded along `dim` (a sequence axis) to the
+    longer of the two, then stacked along dim 0. The padding is masked out by the caller."""
+    length = max(first.shape[dim], second.shape[dim])
+
+    def pad(tensor):
+        missing = length - tensor.shape[dim]
+        if not missing:
+            return tensor
+        return F.pad(tensor, (0, 0) * (tensor.dim() - 1 - dim) + (missing, 0), value=value)
+
+    return torch.cat([pad(first), pad(second)])

@@ -1,0 +1,39 @@
+"""The torch backends' shared batching: the token budget and the cache bookkeeping helpers
+(the batched next-token pick is tested in test_sampling.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chat.engine.base import GenerationParams
+from chat.engine.batching import cat_left_padded, padding_columns, token_budget
+
+
+@pytest.mark.parametrize(
+    "params,prompt,expected",
+    [
+        (GenerationParams(), 10, 512),  # the backend's default
+        (GenerationParams(max_new_tokens=20), 10, 20),
+        (GenerationParams(max_new_tokens=20, max_length=25), 10, 15),  # max_length counts the prompt
+        (GenerationParams(max_length=10), 10, 0),  # no room left
+        (GenerationParams(max_new_tokens=100), 1000, 24),  # the context (1024) caps it
+        (GenerationParams(max_length=4000), 1000, 24),
+    ],
+)
+def test_token_budget(params, prompt, expected):
+    assert token_budget(params, prompt, context_length=1024, default_max_new_tokens=512) == expected
+
+
+def test_padding_columns_and_left_padded_concatenation():
+    valid = torch.tensor([[False, False, True, True], [False, True, True, True]])
+    assert padding_columns(valid) == 1
+    assert padding_columns(torch.ones(2, 3, dtype=torch.bool)) == 0
+    assert padding_columns(torch.zeros(2, 3, dtype=torch.bool)) == 0
+
+    short, long = torch.ones(1, 2, 2, 3), torch.full((2, 2, 4, 3), 2.0)  # [B, heads, S, D]
+    merged = cat_left_padded(short, long, dim=2)
+    assert merged.shape == (3, 2, 4, 3)
+    assert merged[0, :, :2].eq(0).all() and merged[0, :, 2:].eq(1).all() and merged[1:].eq(2).all()
+    mask = cat_left_padded(torch.tensor([[True]]), torch.tensor([[True, True, True]]), dim=1, value=False)
+    assert mask.tolist() == [[False, False, True], [True, True, True]]

@@ -10,6 +10,7 @@ which the control test shows it still does against a server without CORS.
 from __future__ import annotations
 
 import functools
+import re
 import http.server
 import shutil
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from tests.browser.conftest import skip_without_browser
 from tests.server import ServerFactory, free_port
+from tests.test_readme_examples import examples
 
 skip_without_browser()
 
@@ -35,9 +37,17 @@ def servers(tmp_path_factory):
     factory.stop_all()
 
 
+def readme_env() -> dict[str, str]:
+    """The environment of the README's command for the demo page (`NAME='value' … serve`)."""
+    language, command = examples()["original-demo"]
+    env = dict(re.findall(r"(\w+)='([^']*)' ", command.split("manage.py serve")[0]))
+    assert env, command
+    return env
+
+
 @pytest.fixture(scope="module")
 def cors_server(servers):
-    return servers.start(env={"CHATGLM_CORS_ORIGINS": "*", "CHATGLM_FAKE_DELAY_MS": "5"})
+    return servers.start(env={**readme_env(), "CHATGLM_FAKE_DELAY_MS": "5"})
 
 
 def demo_copy(folder: Path, server_url: str) -> Path:

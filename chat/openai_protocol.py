@@ -12,7 +12,9 @@ refuses them ("Unrecognized request argument"), except vLLM's `top_k` and
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from typing import Any, Callable
 
 from django.conf import settings
@@ -71,6 +73,19 @@ NOOP: dict[str, tuple[Callable[[Any, dict], bool], str]] = {
     "service_tier": (lambda v, d: v in ("auto", "default"), "only 'auto' or 'default' is supported"),
     "metadata": (lambda v, d: v == {}, "stored completions carry no metadata on this server"),
     "suffix": (lambda v, d: v == "", "inserting text is not supported"),
+    # The Responses API's own.
+    "text": (lambda v, d: isinstance(v, dict) and set(v) <= {"format", "verbosity"}
+             and v.get("format") in (None, {"type": "text"}) and v.get("verbosity") is None,
+             "only {\"format\": {\"type\": \"text\"}}: structured output is not supported by this server yet"),
+    "reasoning": (lambda v, d: isinstance(v, dict) and all(x is None for x in v.values()),
+                  "this server's models do not reason"),
+    "truncation": (lambda v, d: v == "auto",
+                   "only 'auto': a conversation longer than the model's context keeps its newest turns"),
+    "include": (lambda v, d: v == [], "no extra output is available"),
+    "background": (lambda v, d: v is False, "background responses are not supported"),
+    "max_tool_calls": (lambda v, d: _no_tools(d), "tool calling is not supported by this server yet"),
+    "conversation": (lambda v, d: False, "continue a conversation with 'previous_response_id'"),
+    "prompt": (lambda v, d: False, "prompt templates are not supported"),
     # Never no-ops: any value but null is refused.
     "audio": (lambda v, d: False, "audio output is not supported"),
     "prediction": (lambda v, d: False, "predicted outputs are not supported"),
@@ -91,6 +106,10 @@ CHAT_PARAMS = {"model", "messages", "stream", "stream_options", "stop", "store",
 COMPLETION_PARAMS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user", "suffix", "n", "best_of",
                      "frequency_penalty", "presence_penalty", "logprobs", "logit_bias",
                      *(set(NUMBER_PARAMS) - {"max_completion_tokens"})}
+RESPONSES_PARAMS = {"model", "input", "instructions", "previous_response_id", "max_output_tokens", "temperature",
+                    "top_p", "seed", "top_k", "repetition_penalty", "stream", "stream_options", "store", *IDENTIFIERS,
+                    "metadata", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "truncation",
+                    "include", "background", "service_tier", "top_logprobs", "max_tool_calls", "conversation", "prompt"}
 # Message fields beside role and content; null (or empty) is the only accepted value.
 MESSAGE_NOOPS = {"name": "message names are not supported", "tool_calls": "tool calling is not supported yet",
                  "function_call": "function calling is not supported", "audio": "audio is not supported",
@@ -203,7 +222,7 @@ def _check_message_fields(message: dict, where: str) -> None:
             raise unsupported(f"{where}.{key}", MESSAGE_NOOPS[key])
 
 
-def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
+def conversation(messages, name: str = "messages") -> tuple[str | None, list[tuple[str, str]], str]:
     """(system prompt, history pairs, query) from OpenAI `messages`.
 
     - `system` (and `developer`, OpenAI's newer name for it) messages, wherever they are, are
@@ -219,15 +238,15 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
     """
     if not isinstance(messages, list):
         code = "missing" if messages is None else "invalid_type"
-        raise invalid("messages", "'messages' must be an array of messages.", code)
+        raise invalid(name, f"'{name}' must be an array of messages.", code)
     if not messages:
-        raise invalid("messages", "'messages' must contain at least one message.", "empty")
+        raise invalid(name, f"'{name}' must contain at least one message.", "empty")
     if len(messages) > MAX_MESSAGES:
-        raise invalid("messages", f"'messages' has more than {MAX_MESSAGES} messages.", "too_long")
+        raise invalid(name, f"'{name}' has more than {MAX_MESSAGES} messages.", "too_long")
     limit = settings.CHATGLM["MAX_QUERY_CHARS"]
     system, turns = [], []  # turns: [role, [texts]] with roles alternating
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(message, dict):
             raise invalid(where, f"'{where}' must be an object.", "invalid_type")
         role = message.get("role")
@@ -246,11 +265,11 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
             turns.append([role, [text]])
     last = messages[-1]
     if not turns or last.get("role") != "user":
-        raise invalid("messages", "The last message must be a user message: it is what the model answers.",
+        raise invalid(name, "The last message must be a user message: it is what the model answers.",
                       "last_message_not_user")
     query = _merge(turns.pop()[1])
     if len(query) > limit:
-        raise invalid(f"messages[{len(messages) - 1}].content", f"The question is longer than {limit} characters.",
+        raise invalid(f"{name}[{len(messages) - 1}].content", f"The question is longer than {limit} characters.",
                       "too_long")
     history, question = [], None
     for role, texts in turns:
@@ -415,3 +434,172 @@ class TextShapes:
     @staticmethod
     def _choice(text: str, finish_reason: str | None) -> dict:
         return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+
+# -- the Responses API (text turns) ------------------------------------------------------------
+
+RESPONSE_NUMBER_PARAMS = {"max_output_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
+                          "seed": "seed", "top_k": "top_k", "repetition_penalty": "repetition_penalty"}
+TEXT_PART_TYPES = {"input_text", "output_text", "text"}
+
+
+def response_id(conversation_id: str | None, message_id: int | None, turn_id: str) -> str:
+    """A stored answer's id names its conversation and message, so `previous_response_id` can
+    continue it; an answer not stored gets the turn's id, which nothing can continue."""
+    if conversation_id is not None and message_id is not None:
+        return f"resp_{uuid.UUID(conversation_id).hex}_{message_id}"
+    return f"resp_{turn_id}"
+
+
+def parse_response_id(value) -> tuple[uuid.UUID, int]:
+    """(conversation id, message id) of a `previous_response_id`, or 404 as for an unknown one."""
+    if not isinstance(value, str):
+        raise invalid("previous_response_id", "'previous_response_id' must be a string.", "invalid_type")
+    match = re.fullmatch(r"resp_([0-9a-f]{32})_(\d{1,18})", value)
+    if match is None:
+        raise previous_not_found(value)
+    return uuid.UUID(match.group(1)), int(match.group(2))
+
+
+def previous_not_found(value: str) -> ChatError:
+    return ChatError(f"Previous response with id '{inputs.safe(value)}' not found: only stored responses of the same "
+                     "caller can be continued.", status=404, type="invalid_request_error",
+                     param="previous_response_id", code="previous_response_not_found")
+
+
+def _input_messages(value) -> list[dict]:
+    """The Responses API's `input` items as chat messages, for `conversation()`."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        code = "missing" if value is None else "invalid_type"
+        raise invalid("input", "'input' must be a string or an array of input messages.", code)
+    messages = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(where, f"'{where}' must be an object.", "invalid_type")
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise invalid(f"{where}.type", f"Input items of type {inputs.safe(repr(kind))} are not supported: this "
+                                           "server reads messages of text only.", "unsupported_content")
+        message = {key: val for key, val in item.items() if key not in ("type", "id", "status")}
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") in TEXT_PART_TYPES:
+                    part = {"type": "text", "text": part.get("text")}
+                elif isinstance(part, dict) and isinstance(part.get("type"), str):
+                    raise invalid(f"{where}.content[{j}].type",
+                                  f"Content parts of type {inputs.safe(repr(part['type']))} are not supported: this "
+                                  "model reads text only.", "unsupported_content")
+                parts.append(part)
+            message["content"] = parts
+        messages.append(message)
+    return messages
+
+
+class ResponsesRequest(_Request):
+    """A validated /v1/responses request: a text turn, optionally continuing a stored one."""
+
+    def __init__(self, data: dict, info: ModelInfo):
+        super().__init__(data, RESPONSES_PARAMS)
+        values = {}
+        for name, field in RESPONSE_NUMBER_PARAMS.items():
+            value = params.number(data, field, param=name)
+            if value is not None:
+                values[field] = value
+        self.params = GenerationParams(**values)
+        self.instructions = optional(data, "instructions", str, "a string")
+        system, self.history, self.query = conversation(_input_messages(data.get("input")), "input")
+        self.system_prompt = _merge([self.instructions or "", system or ""]) or None
+        self.previous = None
+        if data.get("previous_response_id") is not None:
+            if self.history:
+                raise invalid("input", "With 'previous_response_id', 'input' holds only the new user message(s): "
+                                       "the earlier turns are the stored conversation's.", "invalid_value")
+            self.previous_id = data["previous_response_id"]
+            self.previous = parse_response_id(self.previous_id)
+        self.model = requested_model(data, info)
+        self.echo = {"instructions": self.instructions, "max_output_tokens": data.get("max_output_tokens"),
+                     "previous_response_id": data.get("previous_response_id"),
+                     "temperature": data.get("temperature", 1.0), "top_p": data.get("top_p", 1.0),
+                     "store": self.store, "user": data.get("user"), "metadata": data.get("metadata") or {},
+                     "truncation": data.get("truncation") or "auto"}
+
+
+class ResponseShapes:
+    """The `response` object and the streaming events of one answer, as the openai SDK reads them."""
+
+    def __init__(self, id: str, req: ResponsesRequest):
+        self.id = id
+        self.item_id = f"msg_{id[len('resp_'):]}"
+        self.created_at = int(time.time())
+        self.model = req.model
+        self.echo = req.echo
+        self.sequence = 0
+
+    def response(self, status: str, text: str | None = None, usage: dict | None = None,
+                 incomplete: str | None = None, error: dict | None = None) -> dict:
+        output = [] if text is None else [self.item("completed" if status == "completed" else "incomplete", text)]
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "error": error, "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": self.model, "output": output, "parallel_tool_calls": False, "tool_choice": "none",
+            "tools": [], "text": {"format": {"type": "text"}}, "reasoning": {"effort": None, "summary": None},
+            "usage": self.usage(usage) if usage else None, **self.echo,
+        }
+
+    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
+        if finish_reason == "length":
+            return self.response("incomplete", text, usage, incomplete="max_output_tokens")
+        return self.response("completed", text, usage)
+
+    def item(self, status: str, text: str | None = None) -> dict:
+        content = [] if text is None else [self.part(text)]
+        return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+    @staticmethod
+    def part(text: str) -> dict:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+    @staticmethod
+    def usage(usage: dict) -> dict:
+        return {"input_tokens": usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": usage["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": usage["total_tokens"]}
+
+    def event(self, kind: str, **fields) -> tuple[str, dict]:
+        """(event name, data) of one streaming event, numbered in order."""
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return kind, data
+
+    def opening(self) -> list[tuple[str, dict]]:
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return [
+            self.event("response.created", response=self.response("in_progress")),
+            self.event("response.in_progress", response=self.response("in_progress")),
+            self.event("response.output_item.added", output_index=0, item=self.item("in_progress")),
+            self.event("response.content_part.added", **where, part=self.part("")),
+        ]
+
+    def delta(self, text: str) -> tuple[str, dict]:
+        return self.event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
+                          delta=text, logprobs=[])
+
+    def closing(self, text: str, finish_reason: str, usage: dict) -> list[tuple[str, dict]]:
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        final = self.whole(text, finish_reason, usage)
+        return [
+            self.event("response.output_text.done", **where, text=text, logprobs=[]),
+            self.event("response.content_part.done", **where, part=self.part(text)),
+            self.event("response.output_item.done", output_index=0, item=final["output"][0]),
+            self.event("response.completed" if final["status"] == "completed" else "response.incomplete",
+                       response=final),
+        ]
+
+    def failed(self, error: dict) -> tuple[str, dict]:
+        return self.event("response.failed", response=self.response(
+            "failed", error={"code": error.get("code"), "message": error.get("message")}))

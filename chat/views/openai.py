@@ -1,5 +1,6 @@
-"""The OpenAI-compatible API: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
-GET /v1/models/<id>, and an OpenAI-shaped JSON 404 for any other path under /v1/.
+"""The OpenAI-compatible API: POST /v1/chat/completions, POST /v1/completions, POST /v1/responses
+(text turns), GET /v1/models, GET /v1/models/<id>, and an OpenAI-shaped JSON 404 for any
+other path under /v1/.
 
 Thin, like the seed API: `chat.openai_protocol` parses and validates the request and shapes
 the answer; this module calls `turns` and encodes the answer as one JSON object or a stream of
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from functools import wraps
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path, re_path
@@ -22,9 +24,9 @@ from .. import inputs, params
 from ..engine import TextDelta
 from ..engine.base import ModelInfo
 from ..errors import ChatError, generation_error, unexpected_error
-from ..models import Source
-from ..openai_protocol import (ChatRequest, ChatShapes, TextRequest, TextShapes, model_not_found, model_object,
-                               served_names)
+from ..models import Conversation, Message, Role, Source
+from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
+                               model_not_found, model_object, previous_not_found, response_id, served_names)
 from ..turns import TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
 from .auth import api_caller
@@ -80,7 +82,7 @@ async def model(request, model_id: str):
 async def unknown_url(request, rest: str = ""):
     """Any other path under /v1/: OpenAI's own 404 answer, so SDKs show a readable error."""
     raise ChatError(f"Unknown request URL: {request.method} {inputs.safe(request.path)}. This server serves "
-                    "/v1/chat/completions, /v1/completions and /v1/models.", status=404,
+                    "/v1/chat/completions, /v1/completions, /v1/responses and /v1/models.", status=404,
                     type="invalid_request_error", code="unknown_url")
 
 
@@ -163,7 +165,80 @@ async def _stream_body(turn, shape):
         turn.cancel()  # a client that disconnects stops its generation at the next decode step
 
 
+# -- responses (text turns) -------------------------------------------------------------------
+
+
+@sync_to_async
+def _check_latest(owner, req: ResponsesRequest) -> None:
+    """`previous_response_id` must name the latest answer of a conversation the caller owns:
+    the stored conversation is continued after it (earlier answers would need a branch)."""
+    conversation_id, message_id = req.previous
+    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
+    if conversation is None or not Message.objects.filter(conversation=conversation, pk=message_id).exists():
+        raise previous_not_found(req.previous_id)
+    latest = conversation.messages.filter(role=Role.ASSISTANT).order_by("-position").values_list("pk", flat=True)
+    if latest.first() != message_id:
+        raise ChatError("'previous_response_id' must be the latest response of its conversation: continuing an "
+                        "earlier one is not supported.", param="previous_response_id", code="not_latest_response")
+
+
+@csrf_exempt
+@json_errors()
+@allow("POST")
+async def responses(request):
+    owner = await api_caller(request, allow_session=False)
+    req = ResponsesRequest(read_json(request), await served_model())
+    if req.previous is not None:
+        await _check_latest(owner, req)
+    turn = await start_turn(TurnInput(
+        owner=owner,
+        source=Source.OPENAI,
+        query=req.query,
+        params=req.params,
+        history=None if req.previous else params.used_history(req.history),
+        conversation_id=req.previous[0] if req.previous else None,
+        system_prompt=req.system_prompt,
+        store=req.store,
+    ))
+    shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
+    if req.stream:
+        return sse.response(_response_events(turn, shape), turn)
+    try:
+        async for event in turn.events():
+            if isinstance(event, TurnDone):
+                if event.result.finish_reason not in ("stop", "length"):
+                    raise failure(turn, event)
+                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage())
+                return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
+    finally:
+        turn.cancel()
+
+
+async def _response_events(turn, shape: ResponseShapes):
+    """The Responses API's named events (`event: response.output_text.delta` …), as the
+    openai SDK's `responses.stream()` reads them; never raises; a disconnect cancels the turn."""
+    try:
+        for name, data in shape.opening():
+            yield sse.event(name, data)
+        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
+            if isinstance(event, str):
+                yield event
+            elif isinstance(event, TextDelta):
+                yield sse.event(*shape.delta(event.text))
+            elif isinstance(event, TurnDone):
+                if event.result.finish_reason not in ("stop", "length"):
+                    yield sse.event(*shape.failed(failure(turn, event).as_dict()))
+                    return
+                for name, data in shape.closing(event.result.text, event.result.finish_reason, event.result.usage()):
+                    yield sse.event(name, data)
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
+        yield sse.event(*shape.failed(unexpected_error(exc, "response stream").as_dict()))
+    finally:
+        turn.cancel()
+
+
 urlpatterns = [
+    path("v1/responses", responses, name="openai-responses"),
     path("v1/chat/completions", chat_completions, name="openai-chat-completions"),
     path("v1/completions", completions, name="openai-completions"),
     path("v1/models", models, name="openai-models"),

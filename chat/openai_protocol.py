@@ -84,8 +84,6 @@ NOOP: dict[str, tuple[Callable[[Any, dict], bool], str]] = {
     "include": (lambda v, d: v == [], "no extra output is available"),
     "background": (lambda v, d: v is False, "background responses are not supported"),
     "max_tool_calls": (lambda v, d: _no_tools(d), "tool calling is not supported by this server yet"),
-    "conversation": (lambda v, d: False, "continue a conversation with 'previous_response_id'"),
-    "prompt": (lambda v, d: False, "prompt templates are not supported"),
     # Never no-ops: any value but null is refused.
     "audio": (lambda v, d: False, "audio output is not supported"),
     "prediction": (lambda v, d: False, "predicted outputs are not supported"),
@@ -505,6 +503,11 @@ class ResponsesRequest(_Request):
 
     def __init__(self, data: dict, info: ModelInfo):
         super().__init__(data, RESPONSES_PARAMS)
+        # Not in NOOP: /v1/completions has a `prompt` of its own.
+        for name, why in (("conversation", "continue a conversation with 'previous_response_id'"),
+                          ("prompt", "prompt templates are not supported")):
+            if data.get(name) is not None:
+                raise unsupported(name, why)
         values = {}
         for name, field in RESPONSE_NUMBER_PARAMS.items():
             value = params.number(data, field, param=name)

@@ -91,6 +91,8 @@ def test_previous_response_id_continues_the_stored_conversation(client):
     ({"background": True}, "background"),
     ({"truncation": "disabled"}, "truncation"),
     ({"top_logprobs": 2}, "top_logprobs"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"conversation": "conv_1"}, "conversation"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input[0].content[0].type"),

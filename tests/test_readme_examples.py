@@ -67,6 +67,7 @@ def test_openai_sdk(server):
     lines = run("openai", server).splitlines()
     assert lines[:2] == ["You said: 你好", "You said: 你好"]
     assert re.fullmatch(r"\d+ tokens", lines[2])
+    assert lines[3] == "You said: 你好 / You said: 再见"
 
 
 def test_langchain(server):

@@ -82,3 +82,26 @@ def test_check_passes(value, tmp_path):
     env = {"CHATGLM_CORS_ORIGINS": value, "CHATGLM_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_with_api_keys_a_cross_origin_call_needs_its_key(servers):
+    """CORS * with API keys: a browser client on any origin gets in with its key only; a
+    session cookie sent along (a browser never sends one cross-origin: no credentials) is
+    not enough; the 401 carries CORS headers so a browser SDK can read it."""
+    server = servers.start(env={"CHATGLM_CORS_ORIGINS": "*", "CHATGLM_API_KEYS": "web:sk-web"},
+                           data_dir=servers.tmp_path / "keyed")
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    origin = {"Origin": "http://elsewhere.example:3000"}
+    with httpx.Client(base_url=server.url) as http:
+        http.get("/")  # a page session and CSRF cookie, as a browser on the site would hold
+        assert "sessionid" in http.cookies or "csrftoken" in http.cookies
+        refused = http.post("/v1/chat/completions", json=body, headers=origin)
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+        assert refused.headers["access-control-allow-origin"] == "*"
+        refused = http.post("/stream", json={"query": "hi"},
+                            headers={**origin, "X-CSRFToken": http.cookies.get("csrftoken", "")})
+        assert refused.status_code in (401, 403)
+    ok = httpx.post(f"{server.url}/v1/chat/completions", json=body,
+                    headers={**origin, "Authorization": "Bearer sk-web", "x-stainless-os": "Linux"})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "You said: hi"
+    assert "access-control-allow-credentials" not in ok.headers

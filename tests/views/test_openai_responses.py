@@ -119,3 +119,23 @@ def test_generation_error_mid_stream(client):
     events = list(client.responses.create(model="fake", input="fail [[fake:error]] halfway", stream=True))
     assert events[-1].type == "response.failed"
     assert events[-1].response.error.code == "generation_failed"
+
+
+def test_only_the_owner_continues_a_response(tmp_path):
+    """With API keys, a stored response belongs to its key: another key cannot continue it
+    (404, as for an unknown id), and a caller without a key gets 401."""
+    factory = ServerFactory(tmp_path)
+    try:
+        server = factory.start(env={"CHATGLM_API_KEYS": "alice:sk-alice,bob:sk-bob"})
+        alice, bob = (openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=30)
+                      for key in ("sk-alice", "sk-bob"))
+        first = alice.responses.create(model="fake", input="mine")
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.create(model="fake", input="yours?", previous_response_id=first.id)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0).responses.create(
+                model="fake", input="x", previous_response_id=first.id)
+        assert alice.responses.create(model="fake", input="still mine",
+                                      previous_response_id=first.id).output_text == "You said: still mine"
+    finally:
+        factory.stop_all()

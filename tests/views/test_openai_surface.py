@@ -1,11 +1,13 @@
 """The rest of the OpenAI surface through Django's AsyncClient: /v1/completions, served model
 names (aliases), and OpenAI's JSON 404 for every other path under /v1/."""
 
+import asyncio
+
 import pytest
 
 from chat.models import Conversation
 from tests.views.sse_client import parse, read_stream
-from tests.views.test_openai import assert_error
+from tests.views.test_openai import assert_error, wait_for_finish
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,3 +117,29 @@ async def test_unknown_v1_paths_are_openai_json_404(engine, async_client, method
     error = assert_error(r, 404, code="unknown_url", type="invalid_request_error")
     assert f"{method.upper()} {path}" in error["message"]
     assert r["Content-Type"] == "application/json"
+
+
+# -- a client that closes its stream stops the generation, on every streaming endpoint -----------
+
+
+@pytest.mark.parametrize("url, data, marker", [
+    ("/v1/completions", {"model": "fake", "prompt": "x" * 300, "max_tokens": 1000, "stream": True}, b'"text":"'),
+    ("/v1/responses", {"model": "fake", "input": "x" * 300, "stream": True}, b'"delta":"'),
+])
+async def test_disconnect_cancels_the_generation(engine_env, async_client, url, data, marker):
+    engine_env(CHATGLM_FAKE_DELAY_MS="20")
+    r = await post(async_client, url, data)
+    stream = r.streaming_content.__aiter__()
+    while marker not in await stream.__anext__():  # generating
+        pass
+    while True:  # the client goes away: Django cancels the task that reads the body
+        reader = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0)
+        if reader.cancel():
+            break
+        await reader
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    msg = await wait_for_finish({"role": "assistant"})
+    assert msg.finish_reason == "cancelled"
+    assert msg.content and len(msg.content) < len("You said: ") + 300

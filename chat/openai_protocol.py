@@ -111,7 +111,9 @@ RESPONSES_PARAMS = {"model", "input", "instructions", "previous_response_id", "m
 # Message fields beside role and content; null (or empty) is the only accepted value.
 MESSAGE_NOOPS = {"name": "message names are not supported", "tool_calls": "tool calling is not supported yet",
                  "function_call": "function calling is not supported", "audio": "audio is not supported",
-                 "refusal": "refusals are not read back", "tool_call_id": "tool messages are not supported"}
+                 "refusal": "refusals are not read back", "tool_call_id": "tool messages are not supported",
+                 # What an SDK's own answer message carries when a client appends it to `messages`.
+                 "annotations": "annotations are not read back"}
 
 
 def unsupported(name: str, why: str) -> ChatError:

@@ -121,6 +121,14 @@ async def test_unknown_fields_are_refused(engine, async_client):
     assert not await Conversation.objects.aexists()
 
 
+async def test_an_answer_message_appended_as_sent(engine, async_client):
+    """A client appends the answer's message as the SDK returns it (with its empty fields)."""
+    answer = {"role": "assistant", "content": "You said: one", "refusal": None, "annotations": [], "audio": None,
+              "function_call": None, "tool_calls": None}
+    r = await post(async_client, {"model": "fake", "messages": [m("user", "one"), answer, m("user", "two")]})
+    assert r.status_code == 200, r.content
+
+
 async def test_store_false_is_not_saved(engine, async_client):
     r = await post(async_client, body(store=False))
     assert r.status_code == 200, r.content

@@ -168,9 +168,26 @@ SERVESTATIC_AUTOREFRESH = DEBUG
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Cross-origin API clients (the seed's page was often opened from another origin).
-CORS_ALLOWED_ORIGINS = env_list("CHATGLM_CORS_ORIGINS")
+# ---- Cross-origin program API and the OpenAI surface (README "Security", "The APIs") ---------
+# Browser clients on other origins (the seed's page, often opened from a file or another port;
+# the openai SDK in a browser) call the program API only: `/chat`, `/stream`, `/clear`, `/v1/*`.
+# CHATGLM_CORS_ORIGINS lists origins (`null` for pages opened from file://), or `*` for any.
+_cors_origins = env_list("CHATGLM_CORS_ORIGINS")
+CORS_ALLOW_ALL_ORIGINS = "*" in _cors_origins
+CORS_ALLOWED_ORIGINS = [origin for origin in _cors_origins if origin != "*"]
 CORS_URLS_REGEX = r"^/(chat|stream|clear|v1/.*)$"
+# Never credentials: a cross-origin request then carries no cookie, so it can only act as a
+# program (a key, or the open API) and the session-bearing page API is never exposed to it.
+CORS_ALLOW_CREDENTIALS = False
+# Any request header: SSE helpers send Cache-Control and Last-Event-ID, the openai SDK a
+# growing set of x-stainless-* headers. `*` means every header but Authorization for requests
+# without credentials (Fetch standard), so Authorization is named too.
+CORS_ALLOW_HEADERS = ["*", "authorization"]
+CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]  # the SDKs read both
+# vLLM's --served-model-name: the names the OpenAI API answers to (the first is the one
+# /v1/models lists first); unset: the model's own id.
+OPENAI_SERVED_MODEL_NAMES = env_list("CHATGLM_SERVED_MODEL_NAMES")
+# ---- end of the cross-origin / OpenAI block -----------------------------------------------------
 
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from chat.models import Conversation, Message
-from chat.views.openai import conversation
+from chat.openai_protocol import conversation
 from tests.views.sse_client import parse, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,10 +71,71 @@ async def test_content_parts_are_joined(engine, async_client):
     assert r.json()["choices"][0]["message"]["content"] == "You said: one\ntwo"
 
 
-async def test_unknown_fields_are_ignored(engine, async_client):
-    r = await post(async_client, body(frequency_penalty=0.5, logit_bias={}, whatever={"x": 1}, n=1, user="u1",
-                                      seed=7, temperature=0.3, top_p=0.9, max_tokens=None))
+# What SDKs and LangChain send by default: every parameter at its no-op value is accepted.
+NOOP_DEFAULTS = dict(frequency_penalty=0, presence_penalty=0.0, logprobs=False, top_logprobs=0, logit_bias={}, n=1,
+                     tools=[], tool_choice="none", parallel_tool_calls=True, response_format={"type": "text"},
+                     modalities=["text"], service_tier="auto", metadata={}, audio=None, reasoning_effort=None,
+                     user="u1", safety_identifier="s1", prompt_cache_key="k", seed=7, temperature=0.3, top_p=0.9,
+                     max_tokens=None, stream_options={"include_usage": True, "include_obfuscation": False})
+
+
+async def test_noop_values_are_accepted(engine, async_client):
+    r = await post(async_client, body(**NOOP_DEFAULTS))
     assert r.status_code == 200, r.content
+    assert r.json()["choices"][0]["message"]["content"] == "You said: 你好🙂"
+
+
+# Parameters this server does not honour: refused with a 400 naming them, never dropped.
+UNSUPPORTED = [
+    {"frequency_penalty": 0.5}, {"presence_penalty": -1}, {"logprobs": True}, {"top_logprobs": 3},
+    {"logit_bias": {"50256": -100}}, {"n": 2}, {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    {"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+    {"functions": [{"name": "f"}]}, {"function_call": {"name": "f"}},
+    {"response_format": {"type": "json_object"}}, {"response_format": {"type": "json_schema", "json_schema": {}}},
+    {"modalities": ["text", "audio"]}, {"audio": {"voice": "alloy"}}, {"service_tier": "flex"},
+    {"prediction": {"type": "content", "content": "x"}}, {"reasoning_effort": "low"}, {"verbosity": "low"},
+    {"web_search_options": {}}, {"metadata": {"a": "b"}}, {"stream_options": {"include_obfuscation": True}},
+]
+
+
+@pytest.mark.parametrize("change", UNSUPPORTED, ids=lambda c: json.dumps(c)[:40])
+async def test_unsupported_parameters_are_refused(engine, async_client, change):
+    r = await post(async_client, body(**change))
+    [name] = change
+    param = "stream_options.include_obfuscation" if name == "stream_options" else name
+    error = assert_error(r, 400, param=param, code="unsupported_parameter", type="invalid_request_error")
+    assert f"'{param}' is not supported by this server" in error["message"]
+    assert not await Conversation.objects.aexists()
+
+
+async def test_unknown_fields_are_refused(engine, async_client):
+    r = await post(async_client, body(whatever={"x": 1}))
+    error = assert_error(r, 400, param="whatever", code="unknown_parameter")
+    assert "Unrecognized request argument supplied: whatever" in error["message"]
+    r = await post(async_client, body(stream_options={"include_usage": True, "x": 1}))
+    assert_error(r, 400, param="stream_options.x", code="unknown_parameter")
+    r = await post(async_client, {"model": "fake", "messages": [{"role": "user", "content": "hi", "name": "ann"}]})
+    assert_error(r, 400, param="messages[0].name", code="unsupported_parameter")
+    r = await post(async_client, {"model": "fake", "messages": [{"role": "user", "content": "hi", "extra": 1}]})
+    assert_error(r, 400, param="messages[0].extra", code="unknown_parameter")
+    assert not await Conversation.objects.aexists()
+
+
+async def test_an_answer_message_appended_as_sent(engine, async_client):
+    """A client appends the answer's message as the SDK returns it (with its empty fields)."""
+    answer = {"role": "assistant", "content": "You said: one", "refusal": None, "annotations": [], "audio": None,
+              "function_call": None, "tool_calls": None}
+    r = await post(async_client, {"model": "fake", "messages": [m("user", "one"), answer, m("user", "two")]})
+    assert r.status_code == 200, r.content
+
+
+async def test_store_false_is_not_saved(engine, async_client):
+    r = await post(async_client, body(store=False))
+    assert r.status_code == 200, r.content
+    assert not await Conversation.objects.aexists()
+    r = await post(async_client, body(store=True))
+    assert r.status_code == 200, r.content
+    assert await Conversation.objects.acount() == 1
 
 
 async def test_stream_shape(engine_env, async_client):

@@ -1,0 +1,610 @@
+"""The OpenAI wire protocol, without views: request parsing and validation, and answer shapes.
+
+Every parameter of OpenAI's chat and (legacy) completions requests is either honoured or
+refused with a 400 naming it: never silently dropped. Parameters this server cannot honour
+yet (log probabilities, penalties, logit bias, tools, structured output, several choices) are
+still accepted at their no-op values, which SDKs and LangChain send by default
+(`frequency_penalty: 0`, `n: 1`, `logprobs: false`, `logit_bias: {}`, `tools: []`,
+`response_format: {"type": "text"}`). Fields OpenAI does not define are refused as OpenAI
+refuses them ("Unrecognized request argument"), except vLLM's `top_k` and
+`repetition_penalty`, which are honoured.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, Callable
+
+from django.conf import settings
+
+from . import inputs, params
+from .engine import GenerationParams
+from .engine.base import ModelInfo
+from .errors import ChatError, invalid
+
+OWNED_BY = "chatglm-django"
+MESSAGE_ROLES = ("system", "developer", "user", "assistant")
+MAX_MESSAGES = 2 * params.MAX_HISTORY_PAIRS + 10
+# OpenAI's request name -> GenerationParams field. top_k and repetition_penalty are not
+# OpenAI's, but vLLM and TGI accept them too (the official client sends them via extra_body).
+NUMBER_PARAMS = {
+    "max_tokens": "max_new_tokens",
+    "max_completion_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty",
+}
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
+STARTED = int(time.time())  # `created` of the served model: when this process started
+
+
+# -- parameters this server does not honour: accepted only at their no-op values ----------------
+
+
+def _no_tools(data: dict) -> bool:
+    return not data.get("tools") and not data.get("functions")
+
+
+# name -> (is the value a no-op?, what is said when it is not). `None` is always "not sent".
+NOOP: dict[str, tuple[Callable[[Any, dict], bool], str]] = {
+    "n": (lambda v, d: v == 1 and not isinstance(v, bool), "only n=1 is supported: one choice per request"),
+    "best_of": (lambda v, d: v == 1 and not isinstance(v, bool), "only best_of=1 is supported"),
+    "frequency_penalty": (lambda v, d: v == 0 and not isinstance(v, bool), "only 0 is supported"),
+    "presence_penalty": (lambda v, d: v == 0 and not isinstance(v, bool), "only 0 is supported"),
+    "logprobs": (lambda v, d: v is False, "log probabilities are not returned by this server"),
+    "top_logprobs": (lambda v, d: v == 0 and not isinstance(v, bool),
+                     "log probabilities are not returned by this server"),
+    "logit_bias": (lambda v, d: v == {}, "only an empty object is supported"),
+    "tools": (lambda v, d: v == [], "tool calling is not supported by this server yet"),
+    "functions": (lambda v, d: v == [], "function calling is not supported by this server yet"),
+    "tool_choice": (lambda v, d: v == "none" or (v == "auto" and _no_tools(d)),
+                    "tool calling is not supported by this server yet"),
+    "function_call": (lambda v, d: v == "none" or (v == "auto" and _no_tools(d)),
+                      "function calling is not supported by this server yet"),
+    "parallel_tool_calls": (lambda v, d: isinstance(v, bool) and _no_tools(d),
+                            "tool calling is not supported by this server yet"),
+    "response_format": (lambda v, d: v == {"type": "text"},
+                        "only {\"type\": \"text\"}: structured output is not supported by this server yet"),
+    "modalities": (lambda v, d: v == ["text"], "only [\"text\"] is supported"),
+    "service_tier": (lambda v, d: v in ("auto", "default"), "only 'auto' or 'default' is supported"),
+    "metadata": (lambda v, d: v == {}, "stored completions carry no metadata on this server"),
+    "suffix": (lambda v, d: v == "", "inserting text is not supported"),
+    # The Responses API's own.
+    "text": (lambda v, d: isinstance(v, dict) and set(v) <= {"format", "verbosity"}
+             and v.get("format") in (None, {"type": "text"}) and v.get("verbosity") is None,
+             "only {\"format\": {\"type\": \"text\"}}: structured output is not supported by this server yet"),
+    "reasoning": (lambda v, d: isinstance(v, dict) and all(x is None for x in v.values()),
+                  "this server's models do not reason"),
+    "truncation": (lambda v, d: v == "auto",
+                   "only 'auto': a conversation longer than the model's context keeps its newest turns"),
+    "include": (lambda v, d: v == [], "no extra output is available"),
+    "background": (lambda v, d: v is False, "background responses are not supported"),
+    "max_tool_calls": (lambda v, d: _no_tools(d), "tool calling is not supported by this server yet"),
+    # Never no-ops: any value but null is refused.
+    "audio": (lambda v, d: False, "audio output is not supported"),
+    "prediction": (lambda v, d: False, "predicted outputs are not supported"),
+    "web_search_options": (lambda v, d: False, "web search is not supported"),
+    "reasoning_effort": (lambda v, d: False, "this server's models do not take a reasoning effort"),
+    "verbosity": (lambda v, d: False, "this server's models do not take a verbosity"),
+    "prompt_cache_retention": (lambda v, d: False, "prompt caching is not configurable on this server"),
+}
+# Free identifiers and hints with no effect on the answer (OpenAI uses them for abuse
+# monitoring and cache routing): a string, or null.
+IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
+
+CHAT_PARAMS = {"model", "messages", "stream", "stream_options", "stop", "store", *NUMBER_PARAMS, *IDENTIFIERS,
+               "n", "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "logit_bias", "tools",
+               "functions", "tool_choice", "function_call", "parallel_tool_calls", "response_format", "modalities",
+               "service_tier", "metadata", "audio", "prediction", "web_search_options", "reasoning_effort",
+               "verbosity", "prompt_cache_retention"}
+COMPLETION_PARAMS = {"model", "prompt", "stream", "stream_options", "stop", "echo", "user", "suffix", "n", "best_of",
+                     "frequency_penalty", "presence_penalty", "logprobs", "logit_bias",
+                     *(set(NUMBER_PARAMS) - {"max_completion_tokens"})}
+RESPONSES_PARAMS = {"model", "input", "instructions", "previous_response_id", "max_output_tokens", "temperature",
+                    "top_p", "seed", "top_k", "repetition_penalty", "stream", "stream_options", "store", *IDENTIFIERS,
+                    "metadata", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "truncation",
+                    "include", "background", "service_tier", "top_logprobs", "max_tool_calls", "conversation", "prompt"}
+# Message fields beside role and content; null (or empty) is the only accepted value.
+MESSAGE_NOOPS = {"name": "message names are not supported", "tool_calls": "tool calling is not supported yet",
+                 "function_call": "function calling is not supported", "audio": "audio is not supported",
+                 "refusal": "refusals are not read back", "tool_call_id": "tool messages are not supported",
+                 # What an SDK's own answer message carries when a client appends it to `messages`.
+                 "annotations": "annotations are not read back"}
+
+
+def unsupported(name: str, why: str) -> ChatError:
+    return invalid(name, f"'{name}' is not supported by this server with this value: {why}.",
+                   "unsupported_parameter")
+
+
+def check_known(data: dict, known: set[str]) -> None:
+    """400 for a field OpenAI does not define (as OpenAI answers it), and for each parameter
+    this server does not honour unless its value is a no-op."""
+    for name in data:
+        if name not in known:
+            raise invalid(name, f"Unrecognized request argument supplied: {inputs.safe(name)}.", "unknown_parameter")
+    for name, (is_noop, why) in NOOP.items():
+        if name in known and data.get(name) is not None and not is_noop(data[name], data):
+            raise unsupported(name, why)
+    for name in IDENTIFIERS:
+        if name in known:
+            optional(data, name, str, "a string")
+
+
+def optional(data: dict, name: str, kind: type, what: str):
+    value = data.get(name)
+    if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise invalid(name, f"'{name}' must be {what}.", "invalid_type")
+    return value
+
+
+def generation_params(data: dict, *, default_max_tokens: int | None = None) -> GenerationParams:
+    values = {}
+    if default_max_tokens is not None:
+        values["max_new_tokens"] = default_max_tokens
+    for name, field in NUMBER_PARAMS.items():
+        value = params.number(data, field, param=name)  # our range, checked under OpenAI's name
+        if value is not None:
+            values[field] = value  # max_completion_tokens (later in the table) wins over max_tokens
+    return GenerationParams(stop=params.stop_sequences(data.get("stop")), **values)
+
+
+# -- served model names -----------------------------------------------------------------------
+
+
+def served_names(info: ModelInfo) -> list[str]:
+    """The names the API answers to: CHATGLM_SERVED_MODEL_NAMES, or the model's own id."""
+    return list(settings.OPENAI_SERVED_MODEL_NAMES) or [info.model_id]
+
+
+def model_not_found(model_id: str, info: ModelInfo, param: str | None = None) -> ChatError:
+    names = ", ".join(f"'{name}'" for name in served_names(info))
+    return ChatError(f"The model '{inputs.safe(model_id)}' does not exist. This server serves {names}.",
+                     status=404, type="invalid_request_error", param=param, code="model_not_found")
+
+
+def model_object(name: str) -> dict:
+    return {"id": name, "object": "model", "created": STARTED, "owned_by": OWNED_BY}
+
+
+def requested_model(data: dict, info: ModelInfo) -> str:
+    """The served name the request asks for (echoed in the answer), or 404."""
+    model_id = data.get("model")
+    if model_id is None:
+        raise invalid("model", "'model' is required.", "missing")
+    if not isinstance(model_id, str):
+        raise invalid("model", "'model' must be a string.", "invalid_type")
+    if model_id not in served_names(info):
+        raise model_not_found(model_id, info, param="model")
+    return model_id
+
+
+# -- chat messages ----------------------------------------------------------------------------
+
+
+def _content(value, param: str, *, nullable: bool) -> str:
+    """A message's content: a string, or an array of text parts (joined with newlines, as vLLM does)."""
+    if value is None:
+        if nullable:  # an assistant message that only carried tool calls
+            return ""
+        raise invalid(param, f"'{param}' is required.", "missing")
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise invalid(param, f"'{param}' must be a string or an array of content parts.", "invalid_type")
+    texts = []
+    for j, part in enumerate(value):
+        where = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise invalid(where, f"'{where}' must be an object.", "invalid_type")
+        kind = part.get("type")
+        if kind != "text":
+            raise invalid(f"{where}.type", f"Content parts of type {inputs.safe(repr(kind))} are not supported: this model reads "
+                                           "text only (parts of type 'text').", "unsupported_content")
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"{where}.text", f"'{where}.text' must be a string.", "invalid_type")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _check_message_fields(message: dict, where: str) -> None:
+    for key, value in message.items():
+        if key in ("role", "content"):
+            continue
+        if key not in MESSAGE_NOOPS:
+            raise invalid(f"{where}.{inputs.safe(key)}", f"Unrecognized message field '{where}.{inputs.safe(key)}'.",
+                          "unknown_parameter")
+        if value not in (None, [], ""):
+            raise unsupported(f"{where}.{key}", MESSAGE_NOOPS[key])
+
+
+def conversation(messages, name: str = "messages") -> tuple[str | None, list[tuple[str, str]], str]:
+    """(system prompt, history pairs, query) from OpenAI `messages`.
+
+    - `system` (and `developer`, OpenAI's newer name for it) messages, wherever they are, are
+      joined with blank lines into the system prompt (None when there is none).
+    - The last message must be a user message: it is the query.
+    - The other messages, in order, become (question, answer) pairs. Runs of the same role
+      are merged, joined with blank lines, so the model sees every word and the prompt
+      alternates as chat templates expect: two user messages in a row are one question (the
+      ones right before the last message join the query), two assistant messages one answer.
+      Merging rather than pairing a question with an empty answer keeps the stored record
+      and the prompt free of answers nobody gave. An assistant message with no question
+      before it (a greeting) is paired with an empty question.
+    """
+    if not isinstance(messages, list):
+        code = "missing" if messages is None else "invalid_type"
+        raise invalid(name, f"'{name}' must be an array of messages.", code)
+    if not messages:
+        raise invalid(name, f"'{name}' must contain at least one message.", "empty")
+    if len(messages) > MAX_MESSAGES:
+        raise invalid(name, f"'{name}' has more than {MAX_MESSAGES} messages.", "too_long")
+    limit = settings.CHATGLM["MAX_QUERY_CHARS"]
+    system, turns = [], []  # turns: [role, [texts]] with roles alternating
+    for i, message in enumerate(messages):
+        where = f"{name}[{i}]"
+        if not isinstance(message, dict):
+            raise invalid(where, f"'{where}' must be an object.", "invalid_type")
+        role = message.get("role")
+        if role not in MESSAGE_ROLES:
+            raise invalid(f"{where}.role", f"'{where}.role' must be one of 'system', 'user' or 'assistant' "
+                                           f"(got {inputs.safe(repr(role))}).", "invalid_value")
+        _check_message_fields(message, where)
+        text = _content(message.get("content"), f"{where}.content", nullable=role == "assistant")
+        if len(text) > 4 * limit:
+            raise invalid(f"{where}.content", f"'{where}.content' is longer than {4 * limit} characters.", "too_long")
+        if role in ("system", "developer"):
+            system.append(text)
+        elif turns and turns[-1][0] == role:
+            turns[-1][1].append(text)
+        else:
+            turns.append([role, [text]])
+    last = messages[-1]
+    if not turns or last.get("role") != "user":
+        raise invalid(name, "The last message must be a user message: it is what the model answers.",
+                      "last_message_not_user")
+    query = _merge(turns.pop()[1])
+    if len(query) > limit:
+        raise invalid(f"{name}[{len(messages) - 1}].content", f"The question is longer than {limit} characters.",
+                      "too_long")
+    history, question = [], None
+    for role, texts in turns:
+        text = _merge(texts)
+        if role == "user":
+            question = text
+        else:
+            history.append((question or "", text))
+            question = None
+    # After merging, the roles alternate and the last one before the query is an assistant's,
+    # so no question is left unanswered.
+    return _merge(system) or None, history, query
+
+
+def _merge(texts: list[str]) -> str:
+    return "\n\n".join(t for t in texts if t)
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class _Request:
+    """What chat and text completion requests share: model, streaming, usage, storage."""
+
+    def __init__(self, data: dict, known: set[str]):
+        check_known(data, known)
+        self.stream = bool(optional(data, "stream", bool, "a boolean"))
+        options = optional(data, "stream_options", dict, "an object") or {}
+        for key, value in options.items():
+            where = f"stream_options.{inputs.safe(key)}"
+            if key == "include_usage":
+                if not isinstance(value, bool):
+                    raise invalid(where, f"'{where}' must be a boolean.", "invalid_type")
+            elif key == "include_obfuscation":  # padding against length side channels: never sent here
+                if value is not False:
+                    raise unsupported(where, "obfuscation padding is not sent by this server")
+            else:
+                raise invalid(where, f"Unrecognized request argument supplied: {where}.", "unknown_parameter")
+        self.include_usage = bool(options.get("include_usage"))  # read only when streaming, as OpenAI does
+        # `store: false` keeps this turn out of the database (the server may store none at all).
+        self.store = optional(data, "store", bool, "a boolean") is not False and settings.CHATGLM["STORE_API_TURNS"]
+
+
+class ChatRequest(_Request):
+    """A validated /v1/chat/completions request."""
+
+    def __init__(self, data: dict, info: ModelInfo):
+        super().__init__(data, CHAT_PARAMS)
+        self.params = generation_params(data)
+        self.system_prompt, self.history, self.query = conversation(data.get("messages"))
+        self.model = requested_model(data, info)  # last: a malformed request is a 400 whatever its model
+
+
+class TextRequest(_Request):
+    """A validated /v1/completions request: one prompt, answered as the model's reply to it.
+
+    This server serves chat models, so the prompt goes to the model as one user message (with
+    the model's chat template) and the text is its answer; `echo` puts the prompt before it.
+    """
+
+    def __init__(self, data: dict, info: ModelInfo):
+        super().__init__(data, COMPLETION_PARAMS)
+        self.params = generation_params(data, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS)
+        self.echo = bool(optional(data, "echo", bool, "a boolean"))
+        prompt = data.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if prompt is None:
+            raise invalid("prompt", "'prompt' is required.", "missing")
+        if isinstance(prompt, list):
+            raise invalid("prompt", "'prompt' must be one string: several prompts, and prompts as token ids, are "
+                                    "not supported by this server.", "unsupported_value")
+        if not isinstance(prompt, str):
+            raise invalid("prompt", "'prompt' must be a string.", "invalid_type")
+        limit = settings.CHATGLM["MAX_QUERY_CHARS"]
+        if len(prompt) > limit:
+            raise invalid("prompt", f"'prompt' is longer than {limit} characters.", "too_long")
+        if not prompt.strip():
+            raise invalid("prompt", "'prompt' must not be empty.", "empty")
+        self.prompt = prompt
+        self.model = requested_model(data, info)
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+class ChatShapes:
+    """`chat.completion` and `chat.completion.chunk` objects of one answer."""
+
+    def __init__(self, turn_id: str, req: ChatRequest):
+        self.id = f"chatcmpl-{turn_id}"
+        self.created = int(time.time())
+        self.model = req.model
+        self.include_usage = req.include_usage
+
+    def head(self, kind: str) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        return {**self.head("chat.completion"), "choices": [choice], "usage": usage}
+
+    def first(self) -> dict:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def delta(self, text: str) -> dict:
+        return self.chunk({"content": text})
+
+    def last(self, finish_reason: str) -> dict:
+        return self.chunk({}, finish_reason)
+
+    def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        out = {**self.head("chat.completion.chunk"), "choices": [choice]}
+        if self.include_usage:
+            out["usage"] = None  # as OpenAI does: only the last chunk carries usage
+        return out
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return {**self.head("chat.completion.chunk"), "choices": [], "usage": usage}
+
+
+class TextShapes:
+    """`text_completion` objects of one answer, whole or streamed."""
+
+    def __init__(self, turn_id: str, req: TextRequest):
+        self.id = f"cmpl-{turn_id}"
+        self.created = int(time.time())
+        self.model = req.model
+        self.include_usage = req.include_usage
+        self.prefix = req.prompt if req.echo else ""
+
+    def head(self) -> dict:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+
+    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
+        return {**self.head(), "choices": [self._choice(self.prefix + text, finish_reason)], "usage": usage}
+
+    def first(self) -> dict | None:
+        return self.chunk(self.prefix) if self.prefix else None
+
+    def delta(self, text: str) -> dict:
+        return self.chunk(text)
+
+    def last(self, finish_reason: str) -> dict:
+        return self.chunk("", finish_reason)
+
+    def chunk(self, text: str, finish_reason: str | None = None) -> dict:
+        out = {**self.head(), "choices": [self._choice(text, finish_reason)]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return {**self.head(), "choices": [], "usage": usage}
+
+    @staticmethod
+    def _choice(text: str, finish_reason: str | None) -> dict:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+
+# -- the Responses API (text turns) ------------------------------------------------------------
+
+RESPONSE_NUMBER_PARAMS = {"max_output_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p",
+                          "seed": "seed", "top_k": "top_k", "repetition_penalty": "repetition_penalty"}
+TEXT_PART_TYPES = {"input_text", "output_text", "text"}
+
+
+def response_id(conversation_id: str | None, message_id: int | None, turn_id: str) -> str:
+    """A stored answer's id names its conversation and message, so `previous_response_id` can
+    continue it; an answer not stored gets the turn's id, which nothing can continue."""
+    if conversation_id is not None and message_id is not None:
+        return f"resp_{uuid.UUID(conversation_id).hex}_{message_id}"
+    return f"resp_{turn_id}"
+
+
+def parse_response_id(value) -> tuple[uuid.UUID, int]:
+    """(conversation id, message id) of a `previous_response_id`, or 404 as for an unknown one."""
+    if not isinstance(value, str):
+        raise invalid("previous_response_id", "'previous_response_id' must be a string.", "invalid_type")
+    match = re.fullmatch(r"resp_([0-9a-f]{32})_(\d{1,18})", value)
+    if match is None:
+        raise previous_not_found(value)
+    return uuid.UUID(match.group(1)), int(match.group(2))
+
+
+def previous_not_found(value: str) -> ChatError:
+    return ChatError(f"Previous response with id '{inputs.safe(value)}' not found: only stored responses of the same "
+                     "caller can be continued.", status=404, type="invalid_request_error",
+                     param="previous_response_id", code="previous_response_not_found")
+
+
+def _input_messages(value) -> list[dict]:
+    """The Responses API's `input` items as chat messages, for `conversation()`."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        code = "missing" if value is None else "invalid_type"
+        raise invalid("input", "'input' must be a string or an array of input messages.", code)
+    messages = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(where, f"'{where}' must be an object.", "invalid_type")
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise invalid(f"{where}.type", f"Input items of type {inputs.safe(repr(kind))} are not supported: this "
+                                           "server reads messages of text only.", "unsupported_content")
+        message = {key: val for key, val in item.items() if key not in ("type", "id", "status")}
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") in TEXT_PART_TYPES:
+                    part = {"type": "text", "text": part.get("text")}
+                elif isinstance(part, dict) and isinstance(part.get("type"), str):
+                    raise invalid(f"{where}.content[{j}].type",
+                                  f"Content parts of type {inputs.safe(repr(part['type']))} are not supported: this "
+                                  "model reads text only.", "unsupported_content")
+                parts.append(part)
+            message["content"] = parts
+        messages.append(message)
+    return messages
+
+
+class ResponsesRequest(_Request):
+    """A validated /v1/responses request: a text turn, optionally continuing a stored one."""
+
+    def __init__(self, data: dict, info: ModelInfo):
+        super().__init__(data, RESPONSES_PARAMS)
+        # Not in NOOP: /v1/completions has a `prompt` of its own.
+        for name, why in (("conversation", "continue a conversation with 'previous_response_id'"),
+                          ("prompt", "prompt templates are not supported")):
+            if data.get(name) is not None:
+                raise unsupported(name, why)
+        values = {}
+        for name, field in RESPONSE_NUMBER_PARAMS.items():
+            value = params.number(data, field, param=name)
+            if value is not None:
+                values[field] = value
+        self.params = GenerationParams(**values)
+        self.instructions = optional(data, "instructions", str, "a string")
+        system, self.history, self.query = conversation(_input_messages(data.get("input")), "input")
+        self.system_prompt = _merge([self.instructions or "", system or ""]) or None
+        self.previous = None
+        if data.get("previous_response_id") is not None:
+            if self.history:
+                raise invalid("input", "With 'previous_response_id', 'input' holds only the new user message(s): "
+                                       "the earlier turns are the stored conversation's.", "invalid_value")
+            self.previous_id = data["previous_response_id"]
+            self.previous = parse_response_id(self.previous_id)
+        self.model = requested_model(data, info)
+        self.echo = {"instructions": self.instructions, "max_output_tokens": data.get("max_output_tokens"),
+                     "previous_response_id": data.get("previous_response_id"),
+                     "temperature": data.get("temperature", 1.0), "top_p": data.get("top_p", 1.0),
+                     "store": self.store, "user": data.get("user"), "metadata": data.get("metadata") or {},
+                     "truncation": data.get("truncation") or "auto"}
+
+
+class ResponseShapes:
+    """The `response` object and the streaming events of one answer, as the openai SDK reads them."""
+
+    def __init__(self, id: str, req: ResponsesRequest):
+        self.id = id
+        self.item_id = f"msg_{id[len('resp_'):]}"
+        self.created_at = int(time.time())
+        self.model = req.model
+        self.echo = req.echo
+        self.sequence = 0
+
+    def response(self, status: str, text: str | None = None, usage: dict | None = None,
+                 incomplete: str | None = None, error: dict | None = None) -> dict:
+        output = [] if text is None else [self.item("completed" if status == "completed" else "incomplete", text)]
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "error": error, "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": self.model, "output": output, "parallel_tool_calls": False, "tool_choice": "none",
+            "tools": [], "text": {"format": {"type": "text"}}, "reasoning": {"effort": None, "summary": None},
+            "usage": self.usage(usage) if usage else None, **self.echo,
+        }
+
+    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
+        if finish_reason == "length":
+            return self.response("incomplete", text, usage, incomplete="max_output_tokens")
+        return self.response("completed", text, usage)
+
+    def item(self, status: str, text: str | None = None) -> dict:
+        content = [] if text is None else [self.part(text)]
+        return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+    @staticmethod
+    def part(text: str) -> dict:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+    @staticmethod
+    def usage(usage: dict) -> dict:
+        return {"input_tokens": usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": usage["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": usage["total_tokens"]}
+
+    def event(self, kind: str, **fields) -> tuple[str, dict]:
+        """(event name, data) of one streaming event, numbered in order."""
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return kind, data
+
+    def opening(self) -> list[tuple[str, dict]]:
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return [
+            self.event("response.created", response=self.response("in_progress")),
+            self.event("response.in_progress", response=self.response("in_progress")),
+            self.event("response.output_item.added", output_index=0, item=self.item("in_progress")),
+            self.event("response.content_part.added", **where, part=self.part("")),
+        ]
+
+    def delta(self, text: str) -> tuple[str, dict]:
+        return self.event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
+                          delta=text, logprobs=[])
+
+    def closing(self, text: str, finish_reason: str, usage: dict) -> list[tuple[str, dict]]:
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        final = self.whole(text, finish_reason, usage)
+        return [
+            self.event("response.output_text.done", **where, text=text, logprobs=[]),
+            self.event("response.content_part.done", **where, part=self.part(text)),
+            self.event("response.output_item.done", output_index=0, item=final["output"][0]),
+            self.event("response.completed" if final["status"] == "completed" else "response.incomplete",
+                       response=final),
+        ]
+
+    def failed(self, error: dict) -> tuple[str, dict]:
+        return self.event("response.failed", response=self.response(
+            "failed", error={"code": error.get("code"), "message": error.get("message")}))

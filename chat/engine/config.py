@@ -48,8 +48,8 @@ class EngineConfig:
     max_queue: int = 64
     max_batch_size: int = 8
     cache_dir: Path = Path("data/models")
-    # llama.cpp's KV cache, in tokens, shared by the answers running at once; 0 = the model's
-    # own context length (each answer may use all of it, up to the model's context).
+    # llama.cpp backend: tokens of KV cache per slot (one conversation's prompt and answer);
+    # 0 = the model's own context length. Memory grows with it times CHATGLM_MAX_BATCH.
     context: int = 0
 
     @classmethod

@@ -12,10 +12,8 @@ the cores. What this module adds is the project's contract around it:
 * Admission. At most `max_batch_size` sequences (llama.cpp's `n_parallel` slots) are handed to
   llama.cpp at once, so none ever waits in llama.cpp's own task queue, out of reach of
   cancellation; the rest wait in the engine's queue with their positions and its 429 bound.
-  The slots share one KV cache (`kv_unified`) of `CHATGLM_CONTEXT` tokens (default: the model's
-  context), so each answer may use the model's whole context; a sequence starts only when its
-  prompt and answer budget fit beside the running ones, so llama.cpp never runs out of cache
-  in the middle of an answer (it would fail every running answer).
+  Each slot has its own KV cache region of the model's whole context (or `CHATGLM_CONTEXT`),
+  and each answer's budget is capped to fit it, so llama.cpp never runs out of cache mid-answer.
 * Prompt reuse. `cache_prompt` keeps each slot's tokens; a request goes to the idle slot that
   shares the longest prefix with it, and when a new task starts, idle slots are saved to a RAM
   prompt cache (`cache_ram_mib`) from which a returning conversation is restored on any slot.
@@ -27,6 +25,7 @@ the cores. What this module adds is the project's contract around it:
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import re
@@ -53,6 +52,52 @@ def gguf_model_id(path: Path) -> str:
     return path.name.removesuffix(".gguf").split(".")[0]
 
 
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+_STRING, _ARRAY = 8, 9
+
+
+def gguf_context_length(path: Path) -> int:
+    """The model's trained context (`<arch>.context_length`) from a GGUF header. Hand-read
+    because gguf's GGUFReader parses every tensor and vocabulary entry first (seconds), and
+    llama.cpp needs the number before it loads: it sizes each slot's KV cache."""
+    import struct
+
+    with open(path, "rb") as f:
+        def read(fmt):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def string():
+            return f.read(read("Q")).decode("utf-8", errors="replace")
+
+        def value(kind):
+            if kind == _STRING:
+                return string()
+            if kind == _ARRAY:
+                item, count = read("I"), read("Q")
+                if item in _SCALAR_SIZES:
+                    f.seek(_SCALAR_SIZES[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        value(item)
+                return None
+            return read({0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}[kind])
+
+        if f.read(4) != b"GGUF" or read("I") < 2:
+            raise ConfigError(f"{path} is not a GGUF file (version 2 or later)")
+        read("Q")  # tensor count
+        arch, lengths = None, {}
+        for _ in range(read("Q")):
+            key, kind = string(), read("I")
+            found = value(kind)
+            if key == "general.architecture":
+                arch = found
+            elif key.endswith(".context_length"):
+                lengths[key] = found
+            if arch and f"{arch}.context_length" in lengths:
+                return int(lengths[f"{arch}.context_length"])
+    raise ConfigError(f"{path} does not say its context length")
+
+
 def has_gpu() -> bool:
     """Whether this xllamacpp build has a GPU backend (the PyPI wheel is CPU-only)."""
     import xllamacpp
@@ -74,11 +119,8 @@ class LlamaCppBackend(Backend):
         self._key = secrets.token_urlsafe(24)
         self.model_id = ""
         self.source = ""
-        self.context_length = 0  # tokens one conversation may use (prompt + answer)
-        self.kv_tokens = 0  # the shared KV cache
+        self.context_length = 0  # tokens of one slot: one conversation's prompt and answer
         self._ended = threading.Event()  # a sequence's thread ended
-        self._room = threading.Condition()
-        self._reserved = 0  # KV tokens promised to running sequences
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
 
     # -- loading ------------------------------------------------------------------------------
@@ -107,12 +149,17 @@ class LlamaCppBackend(Backend):
         import xllamacpp
 
         gguf = self._gguf()
+        trained = gguf_context_length(gguf)
+        self.context_length = min(trained, self.config.context) if self.config.context else trained
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf)
         params.n_parallel = self.max_batch_size
-        params.kv_unified = True  # one cache for all slots: each answer may use the whole context
-        params.n_ctx = self.config.context  # 0: the model's own context length
-        params.fit_params = False  # nothing to fit on a CPU, and it costs half a second
+        # A KV cache region per slot (not kv_unified): llama.cpp splits n_ctx evenly, so each
+        # slot gets a whole context, and an answer's numbers do not depend on what else runs
+        # (with one shared cache they do: measured, greedy answers changed inside a batch).
+        params.kv_unified = False
+        params.n_ctx = self.context_length * self.max_batch_size
+        params.fit_params = False  # the size is chosen here; fitting costs time at every start
         params.cache_ram_mib = PROMPT_CACHE_MIB
         if self.config.device < 0:
             params.n_gpu_layers = 0
@@ -127,15 +174,13 @@ class LlamaCppBackend(Backend):
         params.endpoint_metrics = True
         params.verbosity = 0  # llama.cpp's own warnings and errors only
         self.server = xllamacpp.Server(params)
+        atexit.register(self.close)  # end llama.cpp's threads before the interpreter goes away
         self._http = httpx.Client(
             base_url=self.server.listening_address, headers={"Authorization": f"Bearer {self._key}"},
             timeout=httpx.Timeout(60), trust_env=False,
         )
-        meta = self._http.get("/v1/models").json()["data"][0]["meta"]
-        self.kv_tokens = int(meta["n_ctx"])
-        self.context_length = min(int(meta["n_ctx_train"]), self.kv_tokens)
-        log.info("llama.cpp: %d slots sharing a KV cache of %d tokens; %d tokens per conversation",
-                 self.max_batch_size, self.kv_tokens, self.context_length)
+        log.info("llama.cpp: %d slots of %d tokens each (the model's context is %d)",
+                 self.max_batch_size, self.context_length, trained)
 
     def warmup(self) -> None:
         """llama.cpp warmed the model up while loading; this warms the template and tokenizer path."""
@@ -160,6 +205,12 @@ class LlamaCppBackend(Backend):
                                                       "add_special": True, "parse_special": True})
         response.raise_for_status()
         return len(response.json()["tokens"])
+
+    def close(self) -> None:
+        """Stop llama.cpp's threads and free its memory (tests and benchmarks that load several)."""
+        if self._http is not None:
+            self._http.close()
+        self.server = None  # ~Server ends llama.cpp's loop and joins its threads
 
     def metrics(self) -> dict[str, float]:
         """llama.cpp's counters (`prompt_tokens_total`, `tokens_predicted_total`, ...)."""
@@ -212,16 +263,9 @@ class LlamaCppBackend(Backend):
             seq.begin(prompt_tokens, None, budget)
             seq.finish("length")
             return
-        need = prompt_tokens + budget
-        if not self._reserve(need, seq):
-            seq.finish("cancelled")
-            return
-        try:
-            seq.begin(prompt_tokens, None, budget)
-            stream = _Stream(seq)
-            self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
-        finally:
-            self._release(need)
+        seq.begin(prompt_tokens, None, budget)
+        stream = _Stream(seq)
+        self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
         if seq.finished:  # stop string, budget or cancellation, seen by the Sequence
             return
         if stream.failure is not None:
@@ -237,22 +281,6 @@ class LlamaCppBackend(Backend):
             seq.finish("cancelled")
         else:
             seq.finish("length" if stream.reason == "length" else "stop")
-
-    def _reserve(self, tokens: int, seq: Sequence) -> bool:
-        """Wait until `tokens` of KV cache are free beside the running sequences (or the
-        sequence is cancelled: then False). Rare: only long conversations fill the cache."""
-        with self._room:
-            while self._reserved + tokens > self.kv_tokens:
-                if seq.cancelled:
-                    return False
-                self._room.wait(0.05)
-            self._reserved += tokens
-            return True
-
-    def _release(self, tokens: int) -> None:
-        with self._room:
-            self._reserved -= tokens
-            self._room.notify_all()
 
     def _body(self, seq: Sequence, budget: int) -> dict:
         """One request for llama.cpp's /v1/chat/completions: every sampling parameter explicit,

@@ -13,7 +13,7 @@ after ~1,500 tokens of history, with prompt reuse (the previous turn just answer
 without (a fresh conversation of the same length); and how long after a client disconnects
 the server runs nothing. Prints the table with the CPU, writes bench/results/llamacpp.json.
 
-Usage: .venv/bin/python bench/bench_llamacpp.py [--quick]
+Usage: .venv/bin/python bench/bench_llamacpp.py [--quick]   (about 3 minutes on 2 quiet cores)
 """
 
 from __future__ import annotations
@@ -167,13 +167,21 @@ async def websocket_stream(client, url: str, messages: list[dict], max_tokens: i
                         "tokens": frame["usage"]["completion_tokens"]}
 
 
-async def load(client_fn, url: str, clients: int, extra: dict) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(client_fn, url: str, clients: int, extra: dict, pid: int) -> dict:
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(limits=limits) as client:
         await client_fn(client, url, messages_for(99), 4, extra)  # warm the path
+        cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
         runs = await asyncio.gather(*(client_fn(client, url, messages_for(i), NEW_TOKENS, extra) for i in range(clients)))
         wall = time.perf_counter() - started
+        cpu_used = cpu_seconds(pid) - cpu_before
     per_stream = [(r["tokens"] - 1) / (r["last"] - r["first"]) for r in runs if r["tokens"] > 1 and r["last"] > r["first"]]
     return {
         "clients": clients,
@@ -181,6 +189,9 @@ async def load(client_fn, url: str, clients: int, extra: dict) -> dict:
         "tok_s_per_stream": round(statistics.median(per_stream), 1),
         "tok_s_aggregate": round(sum(r["tokens"] for r in runs) / wall, 1),
         "ttft_median_ms": round(statistics.median(r["ttft"] for r in runs) * 1000, 1),
+        # The server's CPU time per generated token: llama.cpp's own work plus, for this site,
+        # the Python side (engine thread, per-sequence threads, Django, Daphne).
+        "cpu_ms_per_token": round(cpu_used * 1000 / max(1, sum(r["tokens"] for r in runs)), 2),
     }
 
 
@@ -256,28 +267,31 @@ def cpu() -> dict:
             "llama_cpp": xllamacpp.get_system_info().strip()}
 
 
-def measure(name: str, url: str, protocols: dict, busy, quick: bool) -> dict:
+def measure(name: str, url: str, protocols: dict, busy, quick: bool, pid: int) -> dict:
     out = {"throughput": []}
     for protocol, (fn, extra) in protocols.items():
         for clients in (1, SLOTS):
-            row = asyncio.run(load(fn, url, clients, extra))
+            row = asyncio.run(load(fn, url, clients, extra, pid))
             out["throughput"].append({"server": name, "protocol": protocol, **row})
             print(f"  {name:9} {protocol:8} {clients} client(s): {row}", flush=True)
     extra = next(iter(protocols.values()))[1]
-    out["follow_up"] = asyncio.run(follow_up(url, extra, 2 if quick else 4, 1000 if name == "anchor" else 2000))
+    out["follow_up"] = asyncio.run(follow_up(url, extra, 1 if quick else 4, 1000 if name == "anchor" else 2000))
     print(f"  {name:9} follow-up: {out['follow_up']}", flush=True)
-    out["disconnect"] = asyncio.run(disconnect(url, busy, extra, 3 if quick else 8))
+    out["disconnect"] = asyncio.run(disconnect(url, busy, extra, 2 if quick else 8))
     print(f"  {name:9} disconnect: {out['disconnect']}", flush=True)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="fewer samples and 32 new tokens, for a smoke run")
     parser.add_argument("--anchor-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.anchor_server:
         return anchor_main(args.anchor_server)
+    global NEW_TOKENS
+    if args.quick:
+        NEW_TOKENS = 32
     machine = cpu()
     print(f"CPU: {machine['model']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}")
     print(f"llama.cpp: {machine['llama_cpp']}")
@@ -294,7 +308,8 @@ def main() -> None:
         try:
             results["anchor"] = {"start_s": round(anchor.start_s, 2)}
             print(f"\nanchor (llama.cpp's server) ready in {anchor.start_s:.2f} s")
-            results["anchor"] |= measure("anchor", url, {"openai": (openai_stream, SAMPLING)}, anchor_busy(url), args.quick)
+            results["anchor"] |= measure("anchor", url, {"openai": (openai_stream, SAMPLING)}, anchor_busy(url), args.quick,
+                                         anchor.process.pid)
         finally:
             anchor.stop()
 
@@ -316,7 +331,7 @@ def main() -> None:
             print(f"\nthis site (llamacpp backend) ready in {site.start_s:.2f} s (empty cache)")
             protocols = {"openai": (openai_stream, {"temperature": 0}), "stream": (seed_stream, {}),
                          "websocket": (websocket_stream, {})}
-            results["site"] |= measure("site", url, protocols, site_busy_at(url), args.quick)
+            results["site"] |= measure("site", url, protocols, site_busy_at(url), args.quick, site.process.pid)
         finally:
             site.stop()
     report(results)
@@ -330,14 +345,15 @@ def report(results: dict) -> None:
     base = {row["clients"]: row for row in anchor["throughput"]}
     print(f"\nSmolLM2-135M Q4_1, greedy, {NEW_TOKENS} new tokens; {results['machine']['model']}, "
           f"{results['machine']['cores']} cores ({' '.join(results['machine']['flags'])})")
-    head = ["server", "protocol", "clients", "tok/s/stream", "tok/s total", "TTFT ms", "x anchor tok/s", "TTFT - anchor ms"]
-    print("  ".join(f"{h:>16}" for h in head))
+    head = ["server", "protocol", "clients", "tok/s/stream", "tok/s total", "TTFT ms", "CPU ms/token", "x anchor tok/s",
+            "TTFT - anchor ms"]
+    print("  ".join(f"{h:>14}" for h in head))
     for row in anchor["throughput"] + site["throughput"]:
         ref = base[row["clients"]]
         cells = [row["server"], row["protocol"], row["clients"], row["tok_s_per_stream"], row["tok_s_aggregate"],
-                 row["ttft_median_ms"], round(row["tok_s_aggregate"] / ref["tok_s_aggregate"], 2),
+                 row["ttft_median_ms"], row["cpu_ms_per_token"], round(row["tok_s_aggregate"] / ref["tok_s_aggregate"], 2),
                  round(row["ttft_median_ms"] - ref["ttft_median_ms"], 1)]
-        print("  ".join(f"{c:>16}" for c in cells))
+        print("  ".join(f"{c:>14}" for c in cells))
     print(f"\n{'':>10}{'start s':>10}{'cold TTFT ms':>14}{'follow-up TTFT ms':>19}{'stop ms (median/max)':>22}")
     for name, r in (("anchor", anchor), ("site", site)):
         print(f"{name:>10}{r['start_s']:>10}{r['follow_up']['cold_ttft_ms']:>14}{r['follow_up']['warm_ttft_ms']:>19}"

@@ -271,9 +271,7 @@ class LlamaCppBackend(Backend):
         if stream.failure is not None:
             raise stream.failure
         if stream.error is not None:
-            log.warning("llama.cpp refused a request: %s", stream.error)
-            seq.finish("error", error="the model failed (LlamaCppError)")
-            return
+            raise LlamaCppError(f"llama.cpp refused the request: {stream.error}")
         if stream.usage:  # llama.cpp's own counts of the whole answer
             seq.prompt_tokens = stream.usage.get("prompt_tokens", seq.prompt_tokens)
             seq.completion_tokens = stream.usage.get("completion_tokens", seq.completion_tokens)

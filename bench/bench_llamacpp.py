@@ -167,6 +167,12 @@ async def websocket_stream(client, url: str, messages: list[dict], max_tokens: i
                         "tokens": frame["usage"]["completion_tokens"]}
 
 
+def fresh_connections(count: int) -> httpx.Limits:
+    """A new connection per request, for both servers: llama.cpp's HTTP server closes idle
+    keep-alive connections after 5 s, and a client reusing one just then sees a disconnect."""
+    return httpx.Limits(max_connections=count, max_keepalive_connections=0)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -174,8 +180,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def load(client_fn, url: str, clients: int, extra: dict, pid: int) -> dict:
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(limits=limits) as client:
+    async with httpx.AsyncClient(limits=fresh_connections(clients + 4)) as client:
         await client_fn(client, url, messages_for(99), 4, extra)  # warm the path
         cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
@@ -210,7 +215,7 @@ async def follow_up(url: str, extra: dict, samples: int, seed_base: int) -> dict
     """TTFT of a turn after ~1,500 tokens of history: warm (the previous turn of the same
     conversation just ran, so its prompt is cached) and cold (a fresh conversation)."""
     warm, cold = [], []
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(limits=fresh_connections(2)) as client:
         for i in range(samples):
             history = long_history(seed_base + i)
             first = await openai_stream(client, url, history, 8, extra)  # cold: nothing shared
@@ -223,7 +228,7 @@ async def follow_up(url: str, extra: dict, samples: int, seed_base: int) -> dict
 async def disconnect(url: str, busy, extra: dict, samples: int) -> dict:
     """Read a few tokens of a long answer, drop the connection, time until the server is idle."""
     latencies = []
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(limits=fresh_connections(2)) as client:
         for i in range(samples):
             body = {"model": MODEL, "messages": messages_for(i), "stream": True, "max_tokens": 400, **extra}
             async with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:

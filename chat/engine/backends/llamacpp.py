@@ -26,6 +26,8 @@ the cores. What this module adds is the project's contract around it:
 from __future__ import annotations
 
 import atexit
+import collections
+import hashlib
 import json
 import logging
 import re
@@ -44,6 +46,7 @@ POLL_SECONDS = 0.002  # while slots are free, how often the engine queue is look
 PROMPT_CACHE_MIB = 1024  # llama.cpp's RAM cache of idle slots' prompts (its default is 8 GiB)
 # Sampler order of the project's own sampling (sampling.py): penalty, temperature, top-k, top-p.
 SAMPLERS = ["penalties", "temperature", "top_k", "top_p"]
+COUNT_MEMO = 256  # prompts whose token counts are remembered
 MAX_SEED = 0xFFFFFFFF  # llama.cpp seeds are uint32, and this one means "random"
 
 
@@ -121,6 +124,8 @@ class LlamaCppBackend(Backend):
         self.source = ""
         self.context_length = 0  # tokens of one slot: one conversation's prompt and answer
         self._ended = threading.Event()  # a sequence's thread ended
+        self._counts: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._counts_lock = threading.Lock()
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
 
     # -- loading ------------------------------------------------------------------------------
@@ -198,13 +203,25 @@ class LlamaCppBackend(Backend):
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         """llama.cpp's own template and tokenizer, as generation applies them (add_special,
-        parse_special). httpx.Client is safe to share between threads."""
+        parse_special). Remembered for the last few prompts: the history fitting of a turn
+        counts the very messages that generation then counts again, on its critical path.
+        Safe from any thread (httpx.Client is; the memo has a lock)."""
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
+        with self._counts_lock:
+            if key in self._counts:
+                self._counts.move_to_end(key)
+                return self._counts[key]
         response = self._http.post("/apply-template", json={"messages": messages})
         response.raise_for_status()
         response = self._http.post("/tokenize", json={"content": response.json()["prompt"],
                                                       "add_special": True, "parse_special": True})
         response.raise_for_status()
-        return len(response.json()["tokens"])
+        count = len(response.json()["tokens"])
+        with self._counts_lock:
+            self._counts[key] = count
+            while len(self._counts) > COUNT_MEMO:
+                self._counts.popitem(last=False)
+        return count
 
     def close(self) -> None:
         """Stop llama.cpp's threads and free its memory (tests and benchmarks that load several)."""

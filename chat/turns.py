@@ -258,7 +258,7 @@ def fit_history(engine, system_prompt: str, history: list[Pair], query: str, par
     found by bisection: a few tokenizations, not one per pair dropped.
     """
     max_pairs = max(0, settings.CHATGLM["MAX_HISTORY"])
-    candidates = history[len(history) - max_pairs :] if max_pairs else []
+    candidates = history[max(0, len(history) - max_pairs) :] if max_pairs else []
     context = engine.info.context_length
     # Room for the answer, capped so that a large max_tokens does not push out all context:
     # the backend's own budget cuts an answer that outgrows what is left.

@@ -348,6 +348,8 @@ class _Stream:
             timings = chunk.get("timings") or {}
             if "prompt_n" in timings and self.counted == 0:  # llama.cpp's count of the prompt
                 seq.prompt_tokens = timings["prompt_n"] + timings.get("cache_n", 0)
+                log.debug("prompt of %d tokens: %d from the cache, %d evaluated in %.0f ms", seq.prompt_tokens,
+                          timings.get("cache_n", 0), timings["prompt_n"], timings.get("prompt_ms", 0))
             self.usage = chunk.get("usage") or self.usage
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or ""

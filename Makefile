@@ -30,6 +30,7 @@ test: install
 
 bench: install
 	$(PY) bench/bench_serving.py
+	$(PY) bench/bench_llamacpp.py
 
 vendor:
 	bash scripts/vendor.sh

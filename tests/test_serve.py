@@ -18,6 +18,7 @@ BAD_FLAGS = [
     (["--backend", "magic"], "backend must be one of"),
     (["--model", "/no/such/model"], "model not found"),
     (["--port", "70000"], "--port must be between"),
+    (["--quantize", "4"], "quantized already"),  # the default model is a GGUF, served by llama.cpp
 ]
 
 
@@ -54,11 +55,11 @@ def test_flags_set_the_engine_configuration(server_factory):
 def test_restart_loads_the_cached_weights_instead_of_dequantizing(server_factory, tmp_path):
     cache = tmp_path / "models"
     env = {"CHATGLM_CACHE_DIR": str(cache)}
-    first = server_factory.start(model="", env=env)
+    first = server_factory.start(model="", args=("--backend", "transformers"), env=env)
     assert "dequantized now" in first.log
     answer = httpx.post(f"{first.url}/chat", json={"query": "What is the capital of France?", "max_new_tokens": 30}, timeout=120).json()
     assert "Paris" in answer["response"]
     first.stop()
-    second = server_factory.start(model="", env=env)
+    second = server_factory.start(model="", args=("--backend", "transformers"), env=env)
     assert "dequantized now" not in second.log and "weights from cache" in second.log
     assert httpx.get(f"{second.url}/healthz").json()["model"] == "SmolLM2-135M-Instruct"

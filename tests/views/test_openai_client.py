@@ -167,8 +167,10 @@ def test_queue_full_is_rate_limit_error(servers):
 
 @pytest.mark.slow
 def test_the_default_model_through_the_official_client(servers, default_model_dir):
-    """The embedded SmolLM2 behind the OpenAI API, as a drop-in client sees it."""
-    server = servers.start(model="", env={"CHATGLM_CACHE_DIR": str(default_model_dir.parent)},
+    """The embedded SmolLM2 behind the OpenAI API, as a drop-in client sees it (the torch path;
+    tests/test_llamacpp_serving.py does the same through llama.cpp, the default)."""
+    server = servers.start(model="", args=("--backend", "transformers"),
+                           env={"CHATGLM_CACHE_DIR": str(default_model_dir.parent)},
                            data_dir=servers.tmp_path / "default-model")
     client = client_for(server)
     [model] = client.models.list().data

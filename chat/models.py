@@ -69,6 +69,11 @@ class Conversation(models.Model):
     system_prompt = models.TextField(blank=True, default="")
     # Per-conversation generation settings chosen in the page: temperature, top_p, max_length.
     settings = models.JSONField(default=dict, blank=True)
+    # The conversation is a tree of messages; this is the leaf of the branch on screen (and the
+    # branch the next question continues). Null for an empty conversation.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -105,6 +110,9 @@ class Conversation(models.Model):
 
 class Message(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message this one follows (null: the root). Siblings are alternatives: an edited
+    # question, a regenerated answer. `position` is the order of creation within the conversation.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     position = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True, default="")
@@ -126,6 +134,23 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+    # Set on an unsaved message that really starts a new root (an edited first question).
+    explicit_root = False
+
+    def save(self, *args, **kwargs):
+        """A new message saved with no parent continues the conversation's current path (code
+        that writes a linear conversation keeps working); the tree code names parents itself."""
+        append = self._state.adding and self.parent_id is None and not self.explicit_root
+        if append:
+            conversation = Conversation.objects.filter(pk=self.conversation_id).values("current_leaf_id").first() or {}
+            self.parent_id = conversation.get("current_leaf_id") or (
+                Message.objects.filter(conversation_id=self.conversation_id).order_by("-position")
+                .values_list("pk", flat=True).first()
+            )
+        super().save(*args, **kwargs)
+        if append:
+            Conversation.objects.filter(pk=self.conversation_id).update(current_leaf=self)
 
     @property
     def tokens_per_second(self) -> float | None:

@@ -7,5 +7,6 @@ urlpatterns = [
     path("", include("chat.views.seed")),
     path("", include("chat.views.openai")),
     path("", include("chat.views.conversations")),
+    path("", include("chat.views.tree")),
     path("", include("chat.views.accounts")),
 ]

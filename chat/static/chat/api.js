@@ -69,6 +69,8 @@ export const conversations = {
   get: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}`),
   update: (id, fields) => request("PATCH", `/api/conversations/${encodeURIComponent(id)}`, fields),
   remove: (id) => request("DELETE", `/api/conversations/${encodeURIComponent(id)}`),
+  switchBranch: (id, messageId) => request("POST", `/api/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId }),
+  context: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}/context`),
   exportUrl: (id, format = "md") => `/api/conversations/${encodeURIComponent(id)}/export?format=${format}`,
 };
 
@@ -431,6 +433,7 @@ export class ChatSocket {
     this.routes.set(rid.value, route);
     const frame = { type: "chat", query: payload.query, request_id: rid.value };
     if (payload.conversation_id) frame.conversation_id = payload.conversation_id;
+    if ("parent_id" in payload) frame.parent_id = payload.parent_id; // an edit or a regenerate (tree.js)
     if (payload.params && Object.keys(payload.params).length) frame.params = payload.params;
     if (!this.send(frame)) {
       this.routes.delete(rid.value);

@@ -8,5 +8,6 @@ urlpatterns = [
     path("", include("chat.views.openai")),
     path("", include("chat.views.conversations")),
     path("", include("chat.views.tree")),
+    path("", include("chat.views.search")),
     path("", include("chat.views.accounts")),
 ]

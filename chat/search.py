@@ -1,0 +1,99 @@
+"""Find an owner's conversations by title and by what was said in them.
+
+Message text is searched through the index of migration 0004: PostgreSQL full-text search
+(`to_tsvector('simple', content) @@ plainto_tsquery`, whole words), SQLite FTS5 with trigrams
+(any substring of three or more characters; shorter queries scan with LIKE), and a plain
+case-insensitive scan elsewhere. Each hit names the message, so the page can open the
+conversation at it, and carries a snippet with the match's offsets for highlighting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from django.db import connection
+from django.db.models.expressions import RawSQL
+
+from .models import Conversation, Message
+from .owners import Owner
+
+MAX_RESULTS = 30
+SNIPPET_CHARS = 160
+_SCAN = 400  # matching messages read to find MAX_RESULTS distinct conversations
+
+
+@dataclasses.dataclass
+class Hit:
+    conversation: Conversation
+    message_id: int | None  # None: the title matched
+    role: str
+    snippet: str
+    highlight: tuple[int, int] | None  # [start, end) of the match in `snippet`
+
+
+def _matching_messages(query: str):
+    messages = Message.objects.all()
+    vendor = connection.vendor
+    if vendor == "postgresql":
+        return messages.filter(pk__in=RawSQL(
+            "SELECT id FROM chat_message WHERE to_tsvector('simple', content) @@ plainto_tsquery('simple', %s)", [query]))
+    if vendor == "sqlite" and len(query) >= 3 and _has_fts():
+        phrase = '"' + query.replace('"', '""') + '"'  # one FTS5 string: no query syntax from users
+        return messages.filter(pk__in=RawSQL("SELECT rowid FROM chat_message_fts WHERE chat_message_fts MATCH %s", [phrase]))
+    return messages.filter(content__icontains=query)
+
+
+def _has_fts() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE name = 'chat_message_fts'")
+        return cursor.fetchone() is not None
+
+
+def snippet(text: str, query: str) -> tuple[str, tuple[int, int] | None]:
+    """About SNIPPET_CHARS of `text` around the first match of `query` (case-insensitive)."""
+    flat = " ".join(text.split())
+    at = flat.lower().find(query.lower())
+    if at < 0:
+        # Full-text matched a word (not the query as typed): show the first query word found.
+        for word in query.split():
+            at = flat.lower().find(word.lower())
+            if at >= 0:
+                query = word
+                break
+    if at < 0:
+        return flat[:SNIPPET_CHARS], None
+    start = max(0, at - SNIPPET_CHARS // 3)
+    end = min(len(flat), start + SNIPPET_CHARS)
+    prefix = "…" if start else ""
+    suffix = "…" if end < len(flat) else ""
+    begin = at - start + len(prefix)
+    return prefix + flat[start:end] + suffix, (begin, begin + len(query))
+
+
+def search(owner: Owner, query: str, limit: int = MAX_RESULTS) -> list[Hit]:
+    """Conversations matching `query`, newest activity first: the title, else the newest
+    matching message of each."""
+    owned = Conversation.objects.owned_by(owner)
+    hits: dict = {}
+    for conversation in owned.filter(title__icontains=query).order_by("-updated_at")[:limit]:
+        text, span = snippet(conversation.title, query)
+        hits[conversation.pk] = Hit(conversation, None, "", text, span)
+    rows = (
+        _matching_messages(query)
+        .filter(conversation__in=owned.values("pk"))
+        .select_related("conversation")
+        .only("id", "role", "content", "position", "conversation")
+        .order_by("-conversation__updated_at", "-position")[:_SCAN]
+    )
+    for message in rows:
+        if len(hits) >= limit:
+            break
+        hit = hits.get(message.conversation_id)
+        if hit is not None and hit.message_id is not None:
+            continue  # this conversation has its newest match already
+        text, span = snippet(message.content, query)
+        if hit is not None:  # the title matched too: point at the message, keep the title's rank
+            hit.message_id, hit.role, hit.snippet, hit.highlight = message.pk, message.role, text, span
+        else:
+            hits[message.conversation_id] = Hit(message.conversation, message.pk, message.role, text, span)
+    return sorted(hits.values(), key=lambda h: h.conversation.updated_at, reverse=True)[:limit]

@@ -158,3 +158,31 @@ class Message(models.Model):
             return None
         generating = self.duration - (self.time_to_first_token or 0)
         return round(self.completion_tokens / generating, 2) if generating > 0 else None
+
+
+def new_share_id() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(24)  # 192 random bits: unguessable
+
+
+class Share(models.Model):
+    """A read-only link to a snapshot of a conversation's current path, as it was when shared.
+
+    The snapshot is copied, so later turns, edits or a deleted branch do not change what the
+    link shows; deleting the share (revoking) makes the link 404, and so does deleting the
+    conversation."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_share_id, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    # [{"role", "content", "finish_reason"}], the path from the root, without the system prompt.
+    messages = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title or self.id

@@ -9,5 +9,6 @@ urlpatterns = [
     path("", include("chat.views.conversations")),
     path("", include("chat.views.tree")),
     path("", include("chat.views.search")),
+    path("", include("chat.views.shares")),
     path("", include("chat.views.accounts")),
 ]

@@ -70,6 +70,7 @@ export const conversations = {
   update: (id, fields) => request("PATCH", `/api/conversations/${encodeURIComponent(id)}`, fields),
   remove: (id) => request("DELETE", `/api/conversations/${encodeURIComponent(id)}`),
   switchBranch: (id, messageId) => request("POST", `/api/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId }),
+  search: (q) => request("GET", `/api/search?${new URLSearchParams({ q })}`),
   context: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}/context`),
   exportUrl: (id, format = "md") => `/api/conversations/${encodeURIComponent(id)}/export?format=${format}`,
 };

@@ -198,6 +198,28 @@ function versionNav(message, siblings) {
     button("version-next", "Next version", "›", siblings[index + 1]));
 }
 
+/** Scroll to a message (a search hit), switching to its branch first if it is on another. */
+async function showMessage(id, conversation, messageId) {
+  if (!(conversation.current_path || []).includes(messageId)) {
+    try {
+      conversation = await api.switchBranch(id, messageId);
+    } catch {
+      return null;
+    }
+    if (state.live || state.conversationId !== id) return null;
+    state.conversation = conversation;
+    renderConversation(conversation);
+  }
+  const node = els.messages.querySelector(`[data-message-id="${messageId}"]`);
+  if (node) {
+    state.stick = false;
+    node.scrollIntoView({ block: "center" });
+    node.classList.add("found");
+    setTimeout(() => node.classList.remove("found"), 2500);
+  }
+  return null;
+}
+
 /** Show another version: the server makes its branch current (so a reload shows it too). */
 async function switchTo(messageId) {
   const id = state.conversationId;
@@ -283,6 +305,7 @@ class AnswerView {
       el("div", { class: "avatar", "aria-hidden": "true", text: "G" }),
       el("div", { class: "content" }, this.status, this.body, this.notice, el("div", { class: "footer" }, this.stats, this.actions)),
     );
+    if (message) this.node.dataset.messageId = message.id;
     this.markdown = new StreamingMarkdown(this.body, { onPaint: followAnswer });
     this.setState("done");
   }
@@ -536,14 +559,33 @@ function renderList() {
   markActive();
 }
 
+/** Text with the [start, end) part in a <mark>: built from text nodes, never HTML. */
+function highlighted(text, span) {
+  const node = el("span", { class: "snippet" });
+  if (!span) {
+    node.textContent = text;
+    return node;
+  }
+  node.append(text.slice(0, span[0]), el("mark", { text: text.slice(span[0], span[1]) }), text.slice(span[1]));
+  return node;
+}
+
 function listItem(item) {
   const title = item.title || "Untitled";
   const link = el("a", { class: "conversation-link", href: `#${item.id}`, title }, el("span", { class: "conversation-title", text: title }));
+  if (item.snippet !== undefined) {
+    // A search hit: the title or the message that matched, highlighted.
+    link.replaceChildren(item.message_id ? el("span", { class: "conversation-title", text: title }) : highlighted(title, item.highlight));
+    if (item.message_id) link.append(highlighted(item.snippet, item.highlight));
+    link.classList.add("search-hit");
+  }
   link.addEventListener("click", (event) => {
     if (event.ctrlKey || event.metaKey || event.shiftKey) return;
     event.preventDefault();
     if (MOBILE.matches) closeSidebar();
-    navigateTo(item.id);
+    if (item.message_id) state.openAt = { id: item.id, messageId: item.message_id };
+    if (item.message_id && item.id === state.conversationId) openConversation(item.id);
+    else navigateTo(item.id);
   });
   const li = el(
     "li",
@@ -573,9 +615,11 @@ async function loadList({ reset = true } = {}) {
   list.loading = true;
   if (reset && !list.items.length) els.listStatus.textContent = "Loading…";
   try {
-    const data = await api.list({ page, q });
+    // A search looks in titles and message text (GET /api/search): one page of best hits.
+    const data = q ? await api.search(q) : await api.list({ page, q });
     if (q !== state.list.q) return; // a newer search is on its way
-    list.items = reset ? data.conversations : list.items.concat(data.conversations);
+    const rows = q ? data.results : data.conversations;
+    list.items = reset ? rows : list.items.concat(rows);
     list.page = data.page || page;
     list.hasNext = Boolean(data.has_next);
     list.loading = false;
@@ -741,8 +785,11 @@ async function openConversation(id) {
   setTitle(conversation.title);
   setUrl(id);
   remember(id);
-  const pending = renderConversation(conversation);
+  let pending = renderConversation(conversation);
   updateContext(id);
+  const target = state.openAt?.id === id ? state.openAt.messageId : null;
+  state.openAt = null;
+  if (target && !pending) pending = await showMessage(id, conversation, target);
   if (pending) reattach(pending, id);
   else socket.follow(id); // idle: answers asked elsewhere (another tab) in it show up here
 }
@@ -1080,6 +1127,16 @@ els.prompt.addEventListener("compositionend", () => {
 });
 
 els.prompt.addEventListener("keydown", (event) => {
+  if (event.key === "ArrowUp" && !els.prompt.value && !state.live && !event.isComposing) {
+    // ↑ in an empty box edits the last question, as in other chat apps.
+    const last = [...els.messages.querySelectorAll(".msg.user")].at(-1);
+    const message = last && currentPath(state.conversation || {}).find((m) => String(m.id) === last.dataset.messageId);
+    if (message) {
+      event.preventDefault();
+      startEdit(last, message);
+    }
+    return;
+  }
   if (event.key !== "Enter") return;
   if (event.isComposing || event.keyCode === 229 || composing) return; // an IME is confirming text
   if (event.shiftKey || event.altKey) return; // a new line
@@ -1251,6 +1308,15 @@ els.scrim.addEventListener("click", closeSidebar);
 MOBILE.addEventListener("change", syncSidebarState);
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && MOBILE.matches && sidebarOpen() && !els.settings.open) closeSidebar();
+  else if (event.key === "Escape" && state.live && !els.settings.open && !event.target.closest?.(".edit-form")) {
+    stopGenerating(); // Esc stops the answer being written
+  }
+  if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === "k") {
+    event.preventDefault(); // Ctrl/Cmd+K: search conversations
+    if (MOBILE.matches && !sidebarOpen()) openSidebar();
+    els.search.focus();
+    els.search.select();
+  }
 });
 els.newChat.addEventListener("click", () => newChat());
 els.newChatTop.addEventListener("click", () => newChat());

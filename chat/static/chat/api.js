@@ -71,6 +71,9 @@ export const conversations = {
   remove: (id) => request("DELETE", `/api/conversations/${encodeURIComponent(id)}`),
   switchBranch: (id, messageId) => request("POST", `/api/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId }),
   search: (q) => request("GET", `/api/search?${new URLSearchParams({ q })}`),
+  shares: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}/shares`),
+  share: (id) => request("POST", `/api/conversations/${encodeURIComponent(id)}/shares`, {}),
+  revokeShare: (shareId) => request("DELETE", `/api/shares/${encodeURIComponent(shareId)}`),
   context: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}/context`),
   exportUrl: (id, format = "md") => `/api/conversations/${encodeURIComponent(id)}/export?format=${format}`,
 };

@@ -9,6 +9,7 @@
 
 import { ChatSocket, conversations as api, streamOverSSE } from "./api.js";
 import { StreamingMarkdown, copyWithFeedback, handleCopyClicks, renderInto } from "./render.js";
+import { ShareDialog } from "./share-dialog.js";
 import { currentPath, siblingsOf } from "./tree.js";
 
 const $ = (id) => document.getElementById(id);
@@ -506,6 +507,8 @@ function setUrl(id) {
 }
 
 function setTitle(title) {
+  const share = $("share-open"); // made further down, with the share dialog
+  if (share) share.hidden = !state.conversationId;
   els.title.textContent = title || "New chat";
   document.title = title ? `${title} · ChatGLM` : "ChatGLM";
 }
@@ -925,6 +928,7 @@ function complete(live, frame) {
   announce(reason === "cancelled" ? "Generation stopped." : reason === "length" ? "Answer complete (maximum length reached)." : "Answer complete.");
   if (live.reattached && live.conversationId) refreshSavedStats(live.conversationId, live.view);
   if (live.conversationId) syncTree(live.conversationId);
+  if ($("share-open")) $("share-open").hidden = !state.conversationId;
   refreshListSoon();
 }
 
@@ -1226,6 +1230,11 @@ for (const [input, output] of [[els.temperature, els.temperatureOut], [els.topP,
     showSliderValue(input, output);
   });
 }
+
+const shareDialog = new ShareDialog({ conversationId: () => state.conversationId, toast });
+const shareButton = el("button", { type: "button", class: "btn small share-open", id: "share-open", text: "Share",
+  hidden: true, onclick: () => shareDialog.open() });
+els.openSettings.before(shareButton);
 
 els.openSettings.addEventListener("click", () => {
   fillSettings();

@@ -71,3 +71,22 @@ def test_arrow_up_edits_the_last_question_and_escape_stops(page):
     expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "streaming", timeout=15_000)
     page.keyboard.press("Escape")
     expect(page.locator(ANSWERS).last).to_have_attribute("data-state", "cancelled", timeout=15_000)
+
+
+def test_math_and_code_render_through_the_sanitizer(page, shot):
+    page.goto("/")
+    wait_ready(page)
+    # The fake model repeats the message: "You said: " then this Markdown.
+    send(page, "Euler: $e^{i\\pi} + 1 = 0$ costs $5 and $10.\n\n$$\\int_0^1 x^2\\,dx = \\frac{1}{3}$$\n\n"
+               "```python\nprint('hi')\n```\n\n$\\href{javascript:alert(1)}{click}$ <math><mi>x</mi></math>")
+    answer = page.locator(ANSWERS).last
+    expect(answer).to_have_attribute("data-state", "done", timeout=30_000)
+    md = answer.locator(".md")
+    expect(md.locator("math")).to_have_count(3)  # inline, display, and the \href one (as an error/text)
+    expect(md.locator(".math-block math")).to_have_attribute("display", "block")
+    assert "$5 and $10" in md.inner_text()  # dollars in prose stay text
+    expect(md.locator(".code-lang")).to_have_text("python")
+    expect(md.locator("code.language-python")).to_contain_text("print('hi')")
+    assert md.locator("a[href^='javascript']").count() == 0 and md.locator("[style]").count() == 0
+    assert "<math><mi>x</mi></math>" in md.inner_text()  # raw MathML from the model is text
+    shot(page, "math-and-code")

@@ -1234,7 +1234,7 @@ for (const [input, output] of [[els.temperature, els.temperatureOut], [els.topP,
 const shareDialog = new ShareDialog({ conversationId: () => state.conversationId, toast });
 const shareButton = el("button", { type: "button", class: "btn small share-open", id: "share-open", text: "Share",
   hidden: true, onclick: () => shareDialog.open() });
-els.openSettings.before(shareButton);
+els.newChatTop.before(shareButton);
 
 els.openSettings.addEventListener("click", () => {
   fillSettings();

@@ -39,6 +39,7 @@ def message_data(message: Message) -> dict:
         "duration": message.duration,
         "tokens_per_second": message.tokens_per_second,
         "error": message.error,
+        "history_truncated": message.history_truncated,
         "created_at": iso(message.created_at),
     }
 

@@ -125,6 +125,8 @@ class Message(models.Model):
     duration = models.FloatField(null=True, blank=True, help_text="seconds")
     params = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
+    # Assistant messages: how many of the oldest turns of the path were left out of the prompt.
+    history_truncated = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["conversation", "position"]

@@ -249,7 +249,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     turn = Turn(inp, history, truncated, request, claim)
     if inp.store:
         try:
-            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id)
+            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
         except BaseException:
             request.cancel()
             raise
@@ -338,7 +338,8 @@ def title_from(query: str) -> str:
 
 
 @sync_to_async
-def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str):
+def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str,
+                   truncated: int = 0):
     """Save the question and an empty answer marked as generating; return their ids."""
     with transaction.atomic():
         if conversation is None:
@@ -381,7 +382,7 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
             question.save()
         answer = Message.objects.create(
             conversation=conversation, parent_id=question.pk, position=position + 1, role=Role.ASSISTANT,
-            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(),
+            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(), history_truncated=truncated,
         )
         Conversation.objects.filter(pk=conversation.pk).update(current_leaf=answer)
     return str(conversation.id), question.pk, answer.pk

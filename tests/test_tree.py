@@ -218,3 +218,16 @@ def test_migration_links_existing_conversations_and_reverses():
     assert sorted(OldMessage.objects.values_list("id", "conversation_id", "position", "role", "content")) == rows_before
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes("chat"))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_truncation_is_saved_with_the_answer(engine_env):
+    engine_env(CHATGLM_MODEL="fake", CHATGLM_FAKE_CONTEXT="200")
+    owner = Owner(visitor=uuid.uuid4())
+    first = await run(owner=owner, query="x" * 100)
+    cid = uuid.UUID(first.conversation_id)
+    await run(owner=owner, query="y" * 100, conversation_id=cid)
+    last = await run(owner=owner, query="z" * 100, conversation_id=cid)
+    answers = [m.history_truncated async for m in Message.objects.filter(conversation_id=cid, role=Role.ASSISTANT).order_by("position")]
+    assert answers[0] == 0 and answers[-1] >= 1
+    assert (await Message.objects.aget(pk=last.message_id)).history_truncated == answers[-1]

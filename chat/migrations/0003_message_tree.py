@@ -49,5 +49,10 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL,
                                     related_name="+", to="chat.message"),
         ),
+        migrations.AddField(
+            model_name="message",
+            name="history_truncated",
+            field=models.PositiveIntegerField(default=0),
+        ),
         migrations.RunPython(link_linear, migrations.RunPython.noop),
     ]

@@ -100,7 +100,6 @@ async function updateContext(id) {
   }
 }
 
-const truncatedAnswers = new Map(); // answer id -> earlier turns the server left out (start frames)
 let visitorSocketRenewed = false;
 
 // ---------------------------------------------------------------------------------------
@@ -410,7 +409,7 @@ function renderConversation(conversation, { scroll = true } = {}) {
       appendMessage(userMessage(message.content, message, siblings.get(message.id)));
     } else if (message.role === "assistant") {
       const view = new AnswerView(question, message, siblings.get(message.id));
-      if (truncatedAnswers.has(message.id)) view.truncated(truncatedAnswers.get(message.id));
+      view.truncated(message.history_truncated);
       appendMessage(view.node);
       const last = index === messages.length - 1;
       if (!message.finish_reason && conversation.generating && last) {
@@ -880,10 +879,7 @@ function liveHandlers(live) {
         adopt(frame.conversation_id, { title: titleFrom(live.view.question) });
         bumpInList(frame.conversation_id, titleFrom(live.view.question));
       }
-      if (frame.history_truncated) {
-        live.view.truncated(frame.history_truncated);
-        if (frame.message_id) truncatedAnswers.set(frame.message_id, frame.history_truncated);
-      }
+      live.view.truncated(frame.history_truncated); // saved with the answer too
       if (live.view.state === "waiting") live.view.setStatus("Thinking…");
     },
     onDelta(response) {

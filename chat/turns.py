@@ -371,6 +371,9 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
             last = conversation.messages.aggregate(last=Max("position"))["last"]
             position = 0 if last is None else last + 1
             parent_id = inp.parent_id
+            if not inp.branch:  # after the current leaf, as it is now
+                parent_id = (rows.values_list("current_leaf_id", flat=True).first()
+                             or conversation.messages.order_by("-position").values_list("pk", flat=True).first())
         regenerate = inp.branch and parent_id is not None and Message.objects.filter(pk=parent_id, role=Role.USER).exists()
         if regenerate:  # a new answer to the same question, a sibling of its other answers
             question = Message(pk=parent_id)

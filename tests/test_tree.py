@@ -231,3 +231,21 @@ async def test_truncation_is_saved_with_the_answer(engine_env):
     answers = [m.history_truncated async for m in Message.objects.filter(conversation_id=cid, role=Role.ASSISTANT).order_by("position")]
     assert answers[0] == 0 and answers[-1] >= 1
     assert (await Message.objects.aget(pk=last.message_id)).history_truncated == answers[-1]
+
+
+@pytest.mark.django_db
+def test_admin_shows_the_current_path_first_and_every_branch(admin_client, alice):
+    c = Conversation.objects.create(user=alice, title="branched")
+    linear(c, "q1", "a1")
+    q1 = Message.objects.get(conversation=c, content="q1")
+    edited = Message(conversation=c, position=2, role=Role.USER, content="q1 <b>edited</b>")
+    edited.explicit_root = True
+    edited.save()
+    answer = Message.objects.create(conversation=c, parent=edited, position=3, role=Role.ASSISTANT, content="a1 new")
+    Conversation.objects.filter(pk=c.pk).update(current_leaf=answer)
+    page = admin_client.get(f"/admin/chat/conversation/{c.pk}/change/").content.decode()
+    path = page[page.index("Current path:"):]
+    assert path.index("q1 &lt;b&gt;edited&lt;/b&gt;") < path.index("a1 new")
+    assert "<b>edited" not in page  # escaped
+    assert "#%d User: q1<" % q1.pk not in path.split("</ol>")[0]  # the other branch is not on the path
+    assert page.count("a1 new") >= 2 and "a1" in page  # every branch is listed below

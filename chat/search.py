@@ -31,16 +31,64 @@ class Hit:
     highlight: tuple[int, int] | None  # [start, end) of the match in `snippet`
 
 
+_FTS_BATCH = 2000
+_ROW_FIELDS = ("id", "role", "content", "position", "conversation")
+
+
+def _uses_fts(query: str) -> bool:
+    return connection.vendor == "sqlite" and len(query) >= 3 and _has_fts()
+
+
 def _matching_messages(query: str):
+    """Messages matching `query` (PostgreSQL full-text, else a scan); the SQLite index is read
+    in batches by `_message_batches` instead."""
     messages = Message.objects.all()
-    vendor = connection.vendor
-    if vendor == "postgresql":
+    if connection.vendor == "postgresql":
         return messages.filter(pk__in=RawSQL(
             "SELECT id FROM chat_message WHERE to_tsvector('simple', content) @@ plainto_tsquery('simple', %s)", [query]))
-    if vendor == "sqlite" and len(query) >= 3 and _has_fts():
-        phrase = '"' + query.replace('"', '""') + '"'  # one FTS5 string: no query syntax from users
-        return messages.filter(pk__in=RawSQL("SELECT rowid FROM chat_message_fts WHERE chat_message_fts MATCH %s", [phrase]))
+    if _uses_fts(query):
+        return messages.filter(pk__in=RawSQL("SELECT rowid FROM chat_message_fts WHERE chat_message_fts MATCH %s",
+                                             [_phrase(query)]))
     return messages.filter(content__icontains=query)
+
+
+def _phrase(query: str) -> str:
+    return '"' + query.replace('"', '""') + '"'  # one FTS5 string: no query syntax from users
+
+
+def _message_batches(query: str, owned):
+    """The owner's matching messages, newest first, in batches. Through the SQLite index: the
+    newest matches first (FTS5 walks its doclists by rowid, so a common word costs one batch,
+    not a pass over every match), each batch filtered to the owner; elsewhere, one query."""
+    if not _uses_fts(query):
+        yield list(_matching_messages(query).filter(conversation__in=owned.values("pk")).select_related("conversation")
+                   .only(*_ROW_FIELDS).order_by("-conversation__updated_at", "-position")[:_SCAN])
+        return
+    below, seen = None, set()
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT rowid FROM chat_message_fts WHERE chat_message_fts MATCH %s"
+                + (" AND rowid < %s" if below is not None else "") + " ORDER BY rowid DESC LIMIT %s",
+                [_phrase(query), *([below] if below is not None else []), _FTS_BATCH],
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
+            return
+        below = ids[-1]
+        # By primary key, then the owner's among them (a join on the owner's conversations here
+        # makes SQLite scan them for every batch); only the newest match of each conversation
+        # not seen yet is loaded.
+        newest: dict = {}
+        for pk, conversation_id in Message.objects.filter(pk__in=ids).order_by("-pk").values_list("pk", "conversation_id"):
+            if conversation_id not in seen:
+                newest.setdefault(conversation_id, pk)
+        mine = set(owned.filter(pk__in=newest).values_list("pk", flat=True))
+        seen.update(newest)
+        chosen = [pk for conversation_id, pk in newest.items() if conversation_id in mine]
+        yield list(Message.objects.filter(pk__in=chosen).select_related("conversation").only(*_ROW_FIELDS).order_by("-pk"))
+        if len(ids) < _FTS_BATCH:
+            return
 
 
 def _has_fts() -> bool:
@@ -78,22 +126,18 @@ def search(owner: Owner, query: str, limit: int = MAX_RESULTS) -> list[Hit]:
     for conversation in owned.filter(title__icontains=query).order_by("-updated_at")[:limit]:
         text, span = snippet(conversation.title, query)
         hits[conversation.pk] = Hit(conversation, None, "", text, span)
-    rows = (
-        _matching_messages(query)
-        .filter(conversation__in=owned.values("pk"))
-        .select_related("conversation")
-        .only("id", "role", "content", "position", "conversation")
-        .order_by("-conversation__updated_at", "-position")[:_SCAN]
-    )
-    for message in rows:
-        if len(hits) >= limit:
+    found = 0  # conversations with a matching message
+    for batch in _message_batches(query, owned):
+        for message in batch:
+            hit = hits.get(message.conversation_id)
+            if hit is not None and hit.message_id is not None:
+                continue  # this conversation has its newest match already
+            text, span = snippet(message.content, query)
+            found += 1
+            if hit is not None:  # the title matched too: point at the message, keep the title's rank
+                hit.message_id, hit.role, hit.snippet, hit.highlight = message.pk, message.role, text, span
+            else:
+                hits[message.conversation_id] = Hit(message.conversation, message.pk, message.role, text, span)
+        if found >= limit:
             break
-        hit = hits.get(message.conversation_id)
-        if hit is not None and hit.message_id is not None:
-            continue  # this conversation has its newest match already
-        text, span = snippet(message.content, query)
-        if hit is not None:  # the title matched too: point at the message, keep the title's rank
-            hit.message_id, hit.role, hit.snippet, hit.highlight = message.pk, message.role, text, span
-        else:
-            hits[message.conversation_id] = Hit(message.conversation, message.pk, message.role, text, span)
     return sorted(hits.values(), key=lambda h: h.conversation.updated_at, reverse=True)[:limit]

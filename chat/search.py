@@ -1,7 +1,8 @@
 """Find an owner's conversations by title and by what was said in them.
 
 Message text is searched through the index of migration 0004: PostgreSQL full-text search
-(`to_tsvector('simple', content) @@ plainto_tsquery`, whole words), SQLite FTS5 with trigrams
+(`to_tsvector('simple', content) @@ to_tsquery`, every word as a prefix; Chinese, Japanese and Korean
+queries scan, as the parser does not split those scripts into words), SQLite FTS5 with trigrams
 (any substring of three or more characters; shorter queries scan with LIKE), and a plain
 case-insensitive scan elsewhere. Each hit names the message, so the page can open the
 conversation at it, and carries a snippet with the match's offsets for highlighting.
@@ -10,6 +11,7 @@ conversation at it, and carries a snippet with the match's offsets for highlight
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from django.db import connection
 from django.db.models.expressions import RawSQL
@@ -32,6 +34,9 @@ class Hit:
 
 
 _FTS_BATCH = 2000
+# Scripts written without spaces between words: PostgreSQL's parser sees a whole run of them
+# as one word, so full-text search cannot find a part of it; such queries scan instead.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _ROW_FIELDS = ("id", "role", "content", "position", "conversation")
 
 
@@ -43,9 +48,13 @@ def _matching_messages(query: str):
     """Messages matching `query` (PostgreSQL full-text, else a scan); the SQLite index is read
     in batches by `_message_batches` instead."""
     messages = Message.objects.all()
-    if connection.vendor == "postgresql":
+    words = re.findall(r"\w+", query)
+    if connection.vendor == "postgresql" and words and not _UNSPACED.search(query):
+        # Every word, as a prefix ("pomegranate" finds "pomegranates"); \w+ words carry no
+        # tsquery syntax.
+        tsquery = " & ".join(f"{word}:*" for word in words)
         return messages.filter(pk__in=RawSQL(
-            "SELECT id FROM chat_message WHERE to_tsvector('simple', content) @@ plainto_tsquery('simple', %s)", [query]))
+            "SELECT id FROM chat_message WHERE to_tsvector('simple', content) @@ to_tsquery('simple', %s)", [tsquery]))
     if _uses_fts(query):
         return messages.filter(pk__in=RawSQL("SELECT rowid FROM chat_message_fts WHERE chat_message_fts MATCH %s",
                                              [_phrase(query)]))

@@ -66,3 +66,16 @@ def test_search_api(alice):
     assert client.get("/api/search").json()["error"]["param"] == "q"
     assert client.get("/api/search", {"q": "x" * 201}).status_code == 400
     assert Client().get("/api/search", {"q": "pomegranate"}).json()["results"] == []  # another visitor
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs DATABASE_URL on PostgreSQL")
+def test_postgres_full_text_index_and_prefix_words(alice):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'chat_message_content_fts'")
+        assert "gin" in cursor.fetchone()[0].lower()
+    c = talk(alice, "", "q", "Rivers and mountains of New Zealand")
+    owner = Owner(user_id=alice.pk)
+    assert "to_tsvector" in str(search._matching_messages("mountain river").query)
+    assert [h.conversation.pk for h in search.search(owner, "mountain river")] == [c.pk]  # words, any order
+    assert search.search(owner, "it's 'quoted' & | !") == []  # no tsquery syntax from users

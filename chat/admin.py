@@ -9,12 +9,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import Count, Max, Q, Sum
 from django.http import HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from . import exports, selectors, tree
-from .models import Conversation, Message
+from .models import Conversation, Invite, Message
 
 
 class OwnerKindFilter(admin.SimpleListFilter):
@@ -166,3 +167,25 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Invite)
+class InviteAdmin(admin.ModelAdmin):
+    """Invitations for CHATGLM_SIGNUP=invite: add one, then send its sign-up link."""
+
+    list_display = ("__str__", "signup_link", "uses_left", "expires_at", "is_usable", "created_by", "created_at")
+    readonly_fields = ("signup_link", "created_by", "created_at")
+    fields = ("note", "uses_left", "expires_at", "signup_link", "created_by", "created_at")
+
+    @admin.display(description="sign-up link")
+    def signup_link(self, obj) -> str:
+        return f"{reverse('signup')}?invite={obj.token}" if obj.pk else "(shown once saved)"
+
+    @admin.display(boolean=True, description="usable")
+    def is_usable(self, obj) -> bool:
+        return obj.usable
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

@@ -162,6 +162,9 @@ class Message(models.Model):
         return round(self.completion_tokens / generating, 2) if generating > 0 else None
 
 
+from .invites import Invite  # noqa: E402,F401 - the invitations model (chat/invites.py)
+
+
 def new_share_id() -> str:
     import secrets
 

@@ -12,6 +12,10 @@ from django.conf import settings
 from .errors import ChatError
 
 VISITOR_SESSION_KEY = "chatglm_visitor"
+# Set in the session when the chat page is rendered: with API keys set, only a session that
+# the server issued and that has loaded the page may chat without a key (the page's own
+# WebSocket and its /stream fallback). A made-up session cookie names no stored session.
+PAGE_SESSION_KEY = "chatglm_page"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +70,35 @@ async def session_owner(user, session, create: bool) -> Owner:
         return Owner(user_id=user.pk)
     if settings.CHATGLM["REQUIRE_LOGIN"]:
         # Without this switch anyone may chat as an anonymous visitor, and so may a program
-        # that poses as a browser, whatever CHATGLM_API_KEYS says.
+        # that loads the page like a browser, whatever CHATGLM_API_KEYS says.
         raise ChatError("Log in to use the chat.", status=401, type="authentication_error", code="login_required")
     raw = await session.aget(VISITOR_SESSION_KEY)
     if raw is None:
         if not create:
             return Owner()
+        if api_keys():
+            # With keys set a visitor is made by the page only (chat.views.pages): a session
+            # cookie made up by a script gets no identity here.
+            raise unauthorized("Open the chat page first, or send an API key.", code="page_session_required")
         raw = str(uuid.uuid4())
         await session.aset(VISITOR_SESSION_KEY, raw)
         await session.asave()
     return Owner(visitor=uuid.UUID(raw))
+
+
+def unauthorized(message: str, code: str = "invalid_api_key") -> ChatError:
+    return ChatError(message, status=401, type="authentication_error", code=code)
+
+
+async def page_session_owner(user, session) -> Owner:
+    """The owner of a browser session the server issued and that has loaded the chat page
+    (logged in when CHATGLM_REQUIRE_LOGIN is on), or ChatError 401."""
+    try:
+        owner = await session_owner(user, session, create=False)  # login_required comes first
+    except ValueError:  # a visitor id that is not a UUID: not a session this server wrote
+        owner = Owner()
+    loaded = await session.aget(PAGE_SESSION_KEY)
+    if session.session_key is None or not loaded or not owner.is_person:
+        raise unauthorized("Send an API key ('Authorization: Bearer <key>'), or chat from the page.",
+                           code="page_session_required")
+    return owner

@@ -35,7 +35,7 @@ from .engine import (
     get_engine,
 )
 from . import tree
-from .errors import ChatError, invalid, not_found
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
 
@@ -75,6 +75,7 @@ TurnEvent = QueuePosition | Started | TextDelta | TurnDone
 
 _live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching
 _runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
+_shutting_down = False  # set by shut_down(): no new turns, running ones end as errors
 
 
 class _Claim:
@@ -167,8 +168,17 @@ class Turn:
 
     async def _run(self) -> None:
         result = None
+        idle = settings.CHATGLM["GENERATION_TIMEOUT"] or None  # seconds without progress: a hung model
         try:
-            async for event in self._request.events():
+            events = self._request.events()
+            while result is None:
+                try:
+                    async with asyncio.timeout(idle):
+                        event = await anext(events)
+                except TimeoutError:
+                    self._request.cancel()
+                    result = GenerationResult(text=self.text, finish_reason="error", error=GENERATION_TIMEOUT)
+                    break
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
@@ -178,17 +188,31 @@ class Turn:
             raise
         finally:
             if result is None:  # cancelled from outside: record what was produced
-                result = GenerationResult(text=self.text, finish_reason="cancelled")
+                result = (GenerationResult(text=self.text, finish_reason="error", error=SERVER_SHUTDOWN)
+                          if _shutting_down else GenerationResult(text=self.text, finish_reason="cancelled"))
             if self.message_id is not None:
                 try:
                     await _save_answer(self.message_id, result, self.input.params)
                 except Exception:  # noqa: BLE001 - the turn must still end for its listeners
                     log.exception("could not save the answer of turn %s", self.id)
+                    result = dataclasses.replace(result, finish_reason="error", error=NOT_SAVED)  # clients are told
             if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
                 del _live_turns[self.conversation_id]
             self._claim.release()
             self.done = TurnDone(result, self.conversation_id, self.message_id)
             await self._publish(self.done)
+
+
+async def shut_down(timeout: float) -> None:
+    """For a server that is stopping: refuse new turns and end the running ones now, each saved
+    and reported to its listeners as an error (`server_shutdown`), waiting up to `timeout` s."""
+    global _shutting_down
+    _shutting_down = True
+    tasks = list(_runner_tasks)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
 
 
 def live_turn(conversation_id: str) -> Turn | None:
@@ -207,12 +231,15 @@ async def ready_engine():
         try:
             await asyncio.to_thread(engine.wait_ready, 600)
         except EngineUnavailable as exc:
-            raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+            raise model_unavailable(str(exc)) from exc
     return engine
 
 
 async def start_turn(inp: TurnInput) -> Turn:
     """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
+    if _shutting_down:
+        raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
+                        code=SERVER_SHUTDOWN, retry_after=5)
     engine = await ready_engine()
 
     conversation = None
@@ -244,7 +271,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     except EngineOverloaded as exc:
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:
-        raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+        raise model_unavailable(str(exc)) from exc
 
     turn = Turn(inp, history, truncated, request, claim)
     if inp.store:

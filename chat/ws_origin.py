@@ -1,27 +1,133 @@
-"""Origin checking for WebSocket handshakes that lets programs with an API key in.
+"""The WebSocket handshake's Origin check: the same origin as the site, scheme, host and port.
 
-Browsers always send `Origin`, and checking it against ALLOWED_HOSTS is what stops another
-site from opening a socket with the user's session cookie. Programs send no Origin at all,
-and `AllowedHostsOriginValidator` refuses them (PITFALLS #11). A handshake without Origin
-that presents an API key (`?api_key=` or `Authorization`) is therefore passed on to the
-consumer, which checks the key; any handshake that carries an Origin is checked as before.
+Browsers send `Origin` with every WebSocket handshake and attach the site's cookies whatever
+page opened the socket, so the Origin is all that stops another page from chatting with the
+visitor's session (cross-site WebSocket hijacking). Channels' `AllowedHostsOriginValidator`
+compares host names only: a page on another port of the same host (`http://localhost:1234`,
+any local dev server) passed. Here an Origin is accepted only if it is one of the site's
+own origins, compared as (scheme, host, port) with default ports filled in:
+
+- the request's own `Host` (when it passes ALLOWED_HOSTS), with the scheme the client used
+  (`https` for `wss`, or when SECURE_PROXY_SSL_HEADER says the proxy received HTTPS);
+- each literal ALLOWED_HOSTS entry on the port the server listens on (wildcards such as `*`
+  or `.example.com` add nothing: they would admit every port-sharing origin);
+- each CSRF_TRUSTED_ORIGINS entry (`https://*.example.com` matches subdomains, as in Django).
+
+Programs send no Origin at all; a handshake without Origin that presents an API key
+(`?api_key=` or `Authorization`) goes on to the consumer, which checks the key. Any other
+handshake is refused with 403 before the consumer runs.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
-from channels.security.websocket import AllowedHostsOriginValidator
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from django.utils.http import is_same_domain
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]  # (scheme, host, port), host lower-case, IPv6 in brackets
 
 
-class OriginValidatorUnlessApiKey:
+def parse_origin(value: str) -> Origin | None:
+    """`scheme://host[:port]` as a triple, or None for `null`, paths, other schemes, junk."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query \
+            or parts.username is not None or parts.password is not None:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def handshake_scheme(scope) -> str:
+    """`https` when the browser reached us over TLS, directly or through a trusted proxy."""
+    if scope.get("scheme") in ("wss", "https"):
+        return "https"
+    proxy = settings.SECURE_PROXY_SSL_HEADER
+    if proxy:
+        meta_name, expected = proxy
+        header = meta_name.removeprefix("HTTP_").replace("_", "-").lower().encode()
+        value = _header(scope, header)
+        if value is not None and value.split(",")[0].strip() == expected:
+            return "https"
+    return "http"
+
+
+def site_origins(scope) -> set[Origin]:
+    """The exact origins of this site for this handshake (see the module doc)."""
+    scheme = handshake_scheme(scope)
+    origins: set[Origin] = set()
+    host = _header(scope, b"host")
+    if host:
+        domain, port = split_domain_port(host.lower())
+        if domain and validate_host(domain, settings.ALLOWED_HOSTS):
+            origin = parse_origin(f"{scheme}://{host}")
+            if origin is not None:
+                origins.add(origin)
+    server = scope.get("server")
+    if server and server[1]:
+        for allowed in settings.ALLOWED_HOSTS:
+            if allowed == "*" or allowed.startswith("."):
+                continue
+            origin = parse_origin(f"{scheme}://{allowed}:{server[1]}")
+            if origin is not None:
+                origins.add(origin)
+    return origins
+
+
+def trusted_origin(origin: Origin) -> bool:
+    """Whether CSRF_TRUSTED_ORIGINS lists `origin` (subdomain wildcards as Django reads them)."""
+    scheme, host, port = origin
+    for entry in settings.CSRF_TRUSTED_ORIGINS:
+        wildcard = "://*." in entry
+        trusted = parse_origin(entry.replace("://*.", "://", 1))
+        if trusted is None or trusted[0] != scheme or trusted[2] != port:
+            continue
+        if host == trusted[1] or (wildcard and is_same_domain(host, "." + trusted[1])):
+            return True
+    return False
+
+
+def origin_allowed(scope) -> bool:
+    raw = _header(scope, b"origin")
+    if raw is None:
+        return False
+    origin = parse_origin(raw)
+    return origin is not None and (origin in site_origins(scope) or trusted_origin(origin))
+
+
+def is_program_handshake(scope) -> bool:
+    """No Origin (not a browser) and an API key offered: the consumer decides on the key."""
+    if _header(scope, b"origin") is not None:
+        return False
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return _header(scope, b"authorization") is not None or "api_key" in query
+
+
+class SameOriginOrApiKey:
+    """ASGI middleware for the websocket protocol: a same-origin browser, or a program with a key."""
+
     def __init__(self, application):
         self.application = application
-        self.validated = AllowedHostsOriginValidator(application)
 
     async def __call__(self, scope, receive, send):
-        headers = dict(scope.get("headers", []))
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        is_program = b"origin" not in headers and (b"authorization" in headers or "api_key" in query)
-        app = self.application if is_program else self.validated
-        return await app(scope, receive, send)
+        if scope["type"] == "websocket" and not (is_program_handshake(scope) or origin_allowed(scope)):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)

@@ -12,11 +12,12 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.ws_origin import OriginValidatorUnlessApiKey  # noqa: E402
+from chat.ws_origin import SameOriginOrApiKey  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": OriginValidatorUnlessApiKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The Origin is checked before the session is read: a foreign page never gets that far.
+        "websocket": SameOriginOrApiKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -164,6 +164,7 @@ CHATGLM = {
     "PING_SECONDS": float(os.environ.get("CHATGLM_PING_SECONDS", "15")),
     "MAX_RUNNING_PER_USER": env_int("CHATGLM_MAX_RUNNING_PER_USER", 2),
     "REQUIRE_LOGIN": env_bool("CHATGLM_REQUIRE_LOGIN"),
+    "GENERATION_TIMEOUT": float(os.environ.get("CHATGLM_GENERATION_TIMEOUT", "") or 300),
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CHATGLM_MAX_BODY_BYTES", 2_621_440)
 
@@ -177,3 +178,62 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": "WARNING"},
     },
 }
+
+# ---- Access, security headers, HTTPS and login throttling (README "Security") ----------------
+# One block so that it merges cleanly with the rest of the settings; every name is documented
+# in the README's Configuration table and Security section.
+import datetime  # noqa: E402
+
+from csp.constants import NONCE, NONE, SELF  # noqa: E402
+
+CHATGLM["SIGNUP"] = os.environ.get("CHATGLM_SIGNUP", "open").strip().lower()
+if CHATGLM["SIGNUP"] not in ("open", "closed", "invite"):
+    raise ValueError(f"CHATGLM_SIGNUP must be open, closed or invite, not {CHATGLM['SIGNUP']!r}")
+
+INSTALLED_APPS += ["csp", "axes"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware")
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as django-axes asks
+
+# No inline script anywhere: the page's and the admin's scripts are files, and the page's
+# import map carries the response's nonce. Styles are files too (no style attributes).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],  # data: for the favicon and the admin's icons
+        "connect-src": [SELF],  # 'self' covers ws:// and wss:// to this host and port (CSP 3)
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+if os.environ.get("CHATGLM_CSP_REPORT_URI"):
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [os.environ["CHATGLM_CSP_REPORT_URI"]]
+
+# HTTPS behind a proxy that sets X-Forwarded-Proto (and X-Forwarded-For): Secure cookies,
+# HSTS, and plain-HTTP requests redirected (except the proxy's health check).
+HTTPS = env_bool("CHATGLM_HTTPS")
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("CHATGLM_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = env_int("CHATGLM_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CHATGLM_HSTS_INCLUDE_SUBDOMAINS")
+    SECURE_HSTS_PRELOAD = env_bool("CHATGLM_HSTS_PRELOAD")
+
+# Login throttling (django-axes): after CHATGLM_LOGIN_FAILURES failed logins for one username
+# from one address, that pair is refused (429) until the cool-off has passed, right password
+# or not. Behind the HTTPS proxy the address is the one the proxy saw (chat.client_ip).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("CHATGLM_LOGIN_FAILURES", 5)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("CHATGLM_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "chat.client_ip.client_ip"
+# ---- end of the access block ------------------------------------------------------------------

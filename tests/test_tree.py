@@ -189,8 +189,8 @@ def test_context_reports_tokens_and_truncation(alice, engine_env):
 @pytest.mark.django_db(transaction=True)
 def test_migration_links_existing_conversations_and_reverses():
     executor = MigrationExecutor(connection)
-    executor.migrate([("chat", "0001_initial")])
-    old = executor.loader.project_state([("chat", "0001_initial")]).apps
+    executor.migrate([("chat", "0002_invite")])
+    old = executor.loader.project_state([("chat", "0002_invite")]).apps
     OldConversation, OldMessage = old.get_model("chat", "Conversation"), old.get_model("chat", "Message")
     made = []
     for n in range(2):  # rows as today's code wrote them (no parents)
@@ -214,7 +214,7 @@ def test_migration_links_existing_conversations_and_reverses():
     assert sorted(Message_.objects.values_list("id", "conversation_id", "position", "role", "content")) == rows_before
 
     executor = MigrationExecutor(connection)
-    executor.migrate([("chat", "0001_initial")])
+    executor.migrate([("chat", "0002_invite")])
     assert sorted(OldMessage.objects.values_list("id", "conversation_id", "position", "role", "content")) == rows_before
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes("chat"))

@@ -31,12 +31,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from .. import live, params
+from .. import inputs, live, params
 from ..engine import QueuePosition, TextDelta
-from ..errors import ChatError, invalid, not_found
+from ..errors import ChatError, generation_error, invalid, not_found, unexpected_error
 from ..models import Conversation, Source
-from ..owners import VISITOR_SESSION_KEY, Owner, api_key_name, api_keys, bearer_token, session_owner
+from ..owners import Owner, api_key_name, api_keys, bearer_token
 from ..turns import Turn, TurnDone, TurnInput, live_turn, start_turn
+from ..ws_session import SessionBoundSocket, socket_owner
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _frame_error(message: str, code: str, param: str | None = None) -> ChatError
     return ChatError(message, param=param, code=code)
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
     owner: Owner | None = None
 
     # -- connection -------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         try:
             self.owner = await self._authenticate()
+            await self.join_session_group(self.owner)  # a logout closes this socket
         except ChatError as error:
             self.closing = True
             await self.send_json({"type": "error", "request_id": None, "error": error.as_dict()})
@@ -119,22 +121,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if name is None:
                 raise ChatError("Invalid API key.", status=401, type="authentication_error", code="invalid_api_key")
             return Owner(api_key=name)
-        user, session = self.scope.get("user"), self.scope.get("session")
-        if user is not None and user.is_authenticated:
-            return Owner(user_id=user.pk)
-        if session is not None and settings.SESSION_COOKIE_NAME in self.scope.get("cookies", {}):
-            await session.aget(VISITOR_SESSION_KEY)  # loads it: an unknown key leaves session_key None
-            if session.session_key is not None:
-                # The cookie names a live session, so a new visitor id saved in it stays the
-                # browser's (a session created here could never reach the browser as a cookie).
-                try:
-                    return await session_owner(user, session, create=True)
-                except ValueError:  # a visitor id that is not a UUID: not a usable session
-                    log.warning("websocket: session with a malformed visitor id")
-        if api_keys():
-            raise ChatError("Missing API key: connect with '?api_key=<key>' or open the page first.",
-                            status=401, type="authentication_error", code="invalid_api_key")
-        return Owner(open_api=True)
+        return await socket_owner(self.scope)  # a browser: its session (chat.ws_session)
 
     async def disconnect(self, code):
         if self.generation is not None:
@@ -142,6 +129,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.turn is not None and not self.turn.finished and self.owner is not None and not self.owner.is_person:
             self.turn.cancel()  # a program that goes away stops its generation (a browser's goes on)
         await self._leave()
+        await self.leave_session_group()
 
     # -- frames in ----------------------------------------------------------------------------
 
@@ -156,13 +144,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         if text_data is None:
             return await self._send_error(_frame_error("Send JSON text frames, not binary ones.", "invalid_frame"), None)
-        if len(text_data) > max_frame_chars():
-            return await self._send_error(_frame_error(
-                f"The frame is longer than {max_frame_chars()} characters.", "too_large"), None)
-        try:
-            content = json.loads(text_data)
-        except ValueError as exc:
-            return await self._send_error(_frame_error(f"Malformed JSON: {exc}", "invalid_json"), None)
+        try:  # size, depth, Unicode: the same checks as every HTTP body (chat.inputs)
+            content = inputs.decode_json(text_data, max_chars=max_frame_chars(), what="frame")
+        except ChatError as error:
+            return await self._send_error(error, None)
         await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
@@ -177,10 +162,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await handler(content, request_id)
         except ChatError as error:
             await self._send_error(error, request_id)
-        except Exception:  # noqa: BLE001 - a bug must not close the socket with a traceback
-            log.exception("websocket frame failed")
-            await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
-                                             code="internal_error"), request_id)
+        except Exception as exc:  # noqa: BLE001 - a bug must not close the socket with a traceback
+            await self._send_error(unexpected_error(exc, "websocket frame"), request_id)
 
     @staticmethod
     def _request_id(content: dict):
@@ -193,6 +176,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return value
 
     async def do_chat(self, content: dict, request_id) -> None:
+        if not await self.session_stands(self.owner, request_id):
+            return  # logged out (or the session expired) since the socket opened: closed
         if self.generation is not None:
             raise ChatError("This connection is already generating an answer: send 'stop' or wait for 'done'.",
                             status=409, code="generation_in_progress")
@@ -209,7 +194,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             owner=self.owner,
             source=Source.WEB if self.owner.is_person else Source.WEBSOCKET,
             query=query,
-            params=params.generation_params(raw or {}),
+            params=params.generation_params(raw or {}, where="params."),
             conversation_id=conversation_id,
             store=settings.CHATGLM["STORE_API_TURNS"] or self.owner.is_person,
             parent_id=parent_id,
@@ -248,6 +233,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await live.request_stop(conversation)  # running on another process, or not at all
 
     async def do_subscribe(self, content: dict, request_id) -> None:
+        if not await self.session_stands(self.owner, request_id):
+            return
         if content.get("conversation_id") is None:
             raise invalid("conversation_id", "'conversation_id' is required.", "missing")
         conversation_id = params.conversation_id(content.get("conversation_id"))
@@ -285,17 +272,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     if self.generation is asyncio.current_task():
                         self.generation = None  # a `chat` sent right after `done` must be accepted
                     await self.send_json(self._end_frame(request_id, {
-                        "conversation_id": event.conversation_id, "message_id": event.message_id,
+                        "turn_id": turn.id, "conversation_id": event.conversation_id, "message_id": event.message_id,
                         "response": event.result.text, "finish_reason": event.result.finish_reason,
                         "usage": event.result.usage(), "error": event.result.error,
                     }))
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the socket must hear that its answer ended
-            log.exception("websocket stream of turn %s failed", turn.id)
+        except Exception as exc:  # noqa: BLE001 - the socket must hear that its answer ended
             try:
-                await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
-                                                 code="internal_error"), request_id)
+                await self._send_error(unexpected_error(exc, f"websocket stream of turn {turn.id}"), request_id)
             except Exception:  # noqa: BLE001 - the socket itself is gone
                 pass
         finally:
@@ -306,11 +291,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     @staticmethod
     def _end_frame(request_id, done: dict) -> dict:
-        """`done`, or `error` (code generation_failed) when the model failed; the partial answer is kept."""
+        """`done`, or `error` (typed by chat.errors) when the model failed; the partial answer is kept."""
         fields = {"conversation_id": done["conversation_id"], "message_id": done["message_id"]}
         if done["finish_reason"] == "error":
-            error = ChatError(f"The model failed while generating: {done.get('error') or 'unknown error'}",
-                              status=500, type="server_error", code="generation_failed")
+            error = generation_error(done.get("error") or "", done.get("turn_id"))
             return {"type": "error", "request_id": request_id, "error": error.as_dict(),
                     "response": done["response"], **fields}
         return {"type": "done", "request_id": request_id, "response": done["response"],

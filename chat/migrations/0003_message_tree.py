@@ -31,9 +31,8 @@ def link_linear(apps, schema_editor):
 
 class Migration(migrations.Migration):
 
-    # Re-point to ("chat", "0002_invite") when that migration is merged.
     dependencies = [
-        ("chat", "0001_initial"),
+        ("chat", "0002_invite"),
     ]
 
     operations = [

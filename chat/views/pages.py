@@ -12,20 +12,23 @@ from django.urls import path
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from ..engine import get_engine
-from ..owners import VISITOR_SESSION_KEY
+from ..owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY
 
 
 @ensure_csrf_cookie
 def index(request):
     """The chat page. An anonymous visitor gets their visitor id (and session cookie) here, so
-    their conversations are theirs from the first question on."""
+    their conversations are theirs from the first question on. The session is marked as one
+    that loaded the page: with API keys set, only such a session chats without a key."""
     if not request.user.is_authenticated and settings.CHATGLM["REQUIRE_LOGIN"]:
         return redirect_to_login(request.get_full_path())
     if not request.user.is_authenticated and VISITOR_SESSION_KEY not in request.session:
         request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
+    if PAGE_SESSION_KEY not in request.session:
+        request.session[PAGE_SESSION_KEY] = True
     engine = get_engine()
     model = engine.info.model_id if engine.ready else "loading…"
-    return render(request, "chat/index.html", {"model_name": model})
+    return render(request, "chat/index.html", {"model_name": model, "signup_mode": settings.CHATGLM["SIGNUP"]})
 
 
 def healthz(request):

@@ -16,7 +16,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client
 
 from chat.models import Conversation, Message, Role, Source
-from chat.owners import VISITOR_SESSION_KEY
+from chat.owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY
 from chatglm_site.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,6 +41,7 @@ def slow_engine(engine_env):
 async def visitor_session() -> str:
     store = SessionStore()
     store[VISITOR_SESSION_KEY] = str(uuid.uuid4())
+    store[PAGE_SESSION_KEY] = True  # as the page leaves it (chat.views.pages)
     await store.asave()
     return store.session_key
 
@@ -285,7 +286,7 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(engine):
     assert (await error_for({"type": "chat", "query": "  "}))["error"]["code"] == "empty"
     assert (await error_for({"type": "chat", "query": "x", "params": [1]}))["error"]["param"] == "params"
     reply = await error_for({"type": "chat", "query": "x", "params": {"temperature": 5}})
-    assert reply["error"]["param"] == "temperature"
+    assert reply["error"]["param"] == "params.temperature"  # the field as the frame holds it
     assert (await error_for({"type": "chat", "query": "x", "request_id": {"a": 1}}))["error"]["param"] == "request_id"
     limit = settings.CHATGLM["MAX_QUERY_CHARS"]
     assert (await error_for({"type": "chat", "query": "x" * (limit + 1)}))["error"]["code"] == "too_long"

@@ -320,8 +320,10 @@ async def test_disconnect_cancels_the_generation(engine_env, async_client):
 
 
 async def test_queue_full_is_429(engine_env, async_client):
-    engine_env(CHATGLM_MAX_QUEUE="1", CHATGLM_FAKE_DELAY_MS="30")
-    running = await post(async_client, body("first", stream=True))
+    # A batch of one: the second request stays queued (a larger batch would admit it at the
+    # next step, and whether the third then finds the queue full would be a race).
+    engine_env(CHATGLM_MAX_QUEUE="1", CHATGLM_MAX_BATCH="1", CHATGLM_FAKE_DELAY_MS="30")
+    running = await post(async_client, body("first " * 20, stream=True))
     stream = running.streaming_content.__aiter__()
     await stream.__anext__()
     await stream.__anext__()  # a content chunk: the first turn is generating

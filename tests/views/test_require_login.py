@@ -36,9 +36,10 @@ def posing_as_a_browser() -> tuple[AsyncClient, dict]:
 
 async def test_a_program_cannot_chat_by_posing_as_a_browser(engine):
     client, headers = posing_as_a_browser()
-    for url in ("/chat", "/stream"):
+    # /chat is for programs only once keys are set; /stream (the page's fallback) wants a login.
+    for url, code in (("/chat", "invalid_api_key"), ("/stream", "login_required")):
         r = await client.post(url, json.dumps({"query": "q"}), content_type="application/json", headers=headers)
-        assert r.status_code == 401 and r.json()["error"]["code"] == "login_required"
+        assert r.status_code == 401 and r.json()["error"]["code"] == code
     r = await client.get("/api/conversations")
     assert r.status_code == 401
     assert await Conversation.objects.acount() == 0
@@ -56,10 +57,12 @@ async def test_the_page_asks_to_log_in_and_an_account_chats(engine, alice):
     page = await client.get("/")
     assert page.status_code == 200
     token = page.cookies[django_settings.CSRF_COOKIE_NAME].value
-    r = await client.post("/chat", json.dumps({"query": "hello"}), content_type="application/json",
+    r = await client.post("/stream", json.dumps({"query": "hello"}), content_type="application/json",
                           headers={"X-CSRFToken": token})
     assert r.status_code == 200
-    assert (await Conversation.objects.aget(pk=r.json()["conversation_id"])).user_id == alice.pk
+    body = b"".join([chunk async for chunk in r.streaming_content]).decode()
+    assert "You said: hello" in body
+    assert (await Conversation.objects.aget(user=alice)).user_id == alice.pk
 
 
 async def test_an_anonymous_socket_is_refused(engine):

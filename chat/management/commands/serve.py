@@ -93,7 +93,11 @@ class Command(BaseCommand):
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"Open http://{shown}:{port}/ in a browser (Ctrl+C stops the server).")
         self.stdout.flush()
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(_stop_gracefully_on_signals, reactor)
         Server(
+            signal_handlers=False,  # SIGTERM/SIGINT: _stop_gracefully_on_signals, not an abrupt stop
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             http_timeout=None,  # streams last as long as the answer
@@ -102,3 +106,37 @@ class Command(BaseCommand):
             verbosity=0,
             server_name="chatglm-django",
         ).run()
+
+
+SHUTDOWN_GRACE_SECONDS = 5.0  # for running answers to be saved and their streams told
+
+
+def _stop_gracefully_on_signals(reactor) -> None:
+    """On SIGTERM or SIGINT, end every running answer as an error (saved as such, and each open
+    stream or socket gets its `error` event or frame), then stop. A second signal stops at once.
+    (Twisted's own handler would stop the reactor at once: streams cut mid-answer, answers
+    left "generating" until the next start.)"""
+    import asyncio
+    import signal
+
+    from chat.turns import shut_down
+
+    loop = asyncio.get_event_loop()  # Daphne's reactor runs on this asyncio loop
+    stopping = []
+
+    async def stop() -> None:
+        try:
+            await shut_down(SHUTDOWN_GRACE_SECONDS)
+            await asyncio.sleep(0.3)  # the streams write their last event
+        finally:
+            reactor.stop()
+
+    def on_signal(number: int) -> None:
+        if stopping:
+            reactor.stop()
+            return
+        log.info("signal %s: ending running answers, then stopping", signal.Signals(number).name)
+        stopping.append(loop.create_task(stop()))
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, on_signal, number)

@@ -1,0 +1,117 @@
+"""A browser's WebSocket is bound to the session it was opened with.
+
+- `socket_owner`: who a browser socket acts for (the session's account or visitor); with API
+  keys set only a session the server issued and that has loaded the page counts (as for the
+  page's `/stream` fallback, chat.views.auth).
+- Logging out ends the session at once: `chat.signals` sends `session.ended` to the group of
+  that session (one group per session, named by a hash of its key so that the key itself never
+  reaches the channel layer), and `SessionBoundSocket.session_ended` closes the socket (4401).
+- `still_valid` re-reads the session before each turn, so a socket whose close message was
+  lost (a channel layer down, another process) still stops acting for a session that ended, or
+  whose user changed (a login cycles the session key; a password change voids its hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from channels.auth import get_user
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from .errors import ChatError
+from .owners import PAGE_SESSION_KEY, Owner, api_keys, page_session_owner, session_owner, unauthorized
+
+log = logging.getLogger(__name__)
+
+CLOSE_SESSION_ENDED = 4401
+
+
+def session_group(session_key: str) -> str:
+    return "browser-session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+async def socket_owner(scope) -> Owner:
+    """The owner of a browser socket (one that passed the Origin check), or ChatError 401."""
+    user, session = scope.get("user"), scope.get("session")
+    live = False
+    if session is not None and settings.SESSION_COOKIE_NAME in scope.get("cookies", {}):
+        await session.aget(PAGE_SESSION_KEY)  # loads it: an unknown key leaves session_key None
+        live = session.session_key is not None
+    if api_keys():
+        if not live:
+            raise unauthorized("Missing API key: connect with '?api_key=<key>' or open the page first.")
+        return await page_session_owner(user, session)
+    if user is not None and user.is_authenticated:
+        return Owner(user_id=user.pk)
+    if live:
+        # The cookie names a live session, so a new visitor id saved in it stays the browser's
+        # (a session created here could never reach the browser as a cookie).
+        try:
+            return await session_owner(user, session, create=True)
+        except ValueError:  # a visitor id that is not a UUID: not a usable session
+            log.warning("websocket: session with a malformed visitor id")
+    return Owner(open_api=True)
+
+
+async def still_valid(scope, owner: Owner) -> bool:
+    """Whether the session the socket was opened with still stands for `owner`."""
+    if not owner.is_person:
+        return True
+    session = scope.get("session")
+    key = getattr(session, "session_key", None)
+    if key is None:
+        return False
+    fresh = import_string(settings.SESSION_ENGINE).SessionStore(key)
+    await fresh.aget(PAGE_SESSION_KEY)
+    if fresh.session_key is None:
+        return False  # flushed (logout), expired or deleted
+    if owner.user_id is not None:
+        user = await get_user({"session": fresh})  # checks the password hash, as each request does
+        return user.is_authenticated and user.pk == owner.user_id
+    try:
+        return await session_owner(None, fresh, create=False) == owner
+    except ChatError:  # CHATGLM_REQUIRE_LOGIN switched on meanwhile
+        return False
+
+
+class SessionBoundSocket:
+    """Mixin for the chat consumer: the session's group, and closing when the session ends."""
+
+    session_group_name: str | None = None
+
+    async def join_session_group(self, owner: Owner) -> None:
+        key = getattr(self.scope.get("session"), "session_key", None)
+        if not owner.is_person or key is None:
+            return
+        try:
+            await self.channel_layer.group_add(session_group(key), self.channel_name)
+            self.session_group_name = session_group(key)
+        except Exception:  # noqa: BLE001 - no layer: the per-turn check still ends the session
+            log.warning("channel layer: could not join the session's group", exc_info=True)
+
+    async def leave_session_group(self) -> None:
+        if self.session_group_name is not None:
+            try:
+                await self.channel_layer.group_discard(self.session_group_name, self.channel_name)
+            except Exception:  # noqa: BLE001
+                log.warning("channel layer: could not leave the session's group", exc_info=True)
+            self.session_group_name = None
+
+    async def session_stands(self, owner: Owner, request_id=None) -> bool:
+        """False, after closing the socket, if the session has ended: call before each turn
+        (the error frame answers `request_id`, so the page shows it on that answer)."""
+        if await still_valid(self.scope, owner):
+            return True
+        await self.session_ended({"request_id": request_id})
+        return False
+
+    async def session_ended(self, message) -> None:
+        """Group message `session.ended` (logout), or a failed per-turn check."""
+        if getattr(self, "closing", False):
+            return
+        self.closing = True
+        error = unauthorized("The session has ended (logged out): reload the page.", code="session_ended")
+        await self.send_json({"type": "error", "request_id": message.get("request_id"), "error": error.as_dict()})
+        await self.close(CLOSE_SESSION_ENDED)

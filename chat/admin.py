@@ -6,9 +6,10 @@ read-only here: the record of what was generated is not edited after the fact.
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 from django.db.models import Count, Max, Q, Sum
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -35,6 +36,37 @@ class OwnerKindFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         condition = self.KINDS.get(self.value())
         return queryset.filter(condition) if condition is not None else queryset
+
+
+def budgeted_changelist(model_admin, changelist_view, request, extra_context):
+    """A search of message text runs within CHATGLM_ADMIN_SEARCH_SECONDS; past it, the database
+    stops it and the page says so (and lists nothing)."""
+    budget = settings.CHATGLM["ADMIN_SEARCH_SECONDS"]
+    try:
+        with selectors.time_budget(budget):
+            response = changelist_view(request, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # the queries run while rendering: inside the budget
+        return response
+    except selectors.QueryTooSlow:
+        model_admin.message_user(request, f"The search of message text took longer than {budget:g} s and was "
+                                 "stopped: narrow it with the filters, or search titles only.", messages.ERROR)
+        return HttpResponseRedirect(request.path)
+
+
+class SearchScopeFilter(admin.SimpleListFilter):
+    """What the search box searches: titles (default), or also every message's text, which
+    reads every message row (no index can serve a substring search): minutes on a large
+    database, so only when asked for."""
+
+    title = "search in"
+    parameter_name = "search_in"
+
+    def lookups(self, request, model_admin):
+        return [("messages", "Titles and message text (slow)")]
+
+    def queryset(self, request, queryset):
+        return queryset  # the scope is read by ConversationAdmin.get_search_fields
 
 
 class MessageInline(admin.TabularInline):
@@ -74,8 +106,8 @@ class ConversationAdmin(admin.ModelAdmin):
         "last_message_at", "updated_at",
     )
     list_select_related = ("user",)
-    list_filter = ("source", "model", OwnerKindFilter, "created_at")
-    search_fields = ("title", "messages__content")
+    list_filter = ("source", "model", OwnerKindFilter, "created_at", SearchScopeFilter)
+    search_fields = ("title",)
     date_hierarchy = "created_at"
     ordering = ("-updated_at",)
     list_per_page = 50
@@ -85,6 +117,16 @@ class ConversationAdmin(admin.ModelAdmin):
               "created_at", "updated_at", "current_path")
     inlines = (MessageInline,)
     actions = ("export_as_json",)
+
+    def get_search_fields(self, request):
+        if request.GET.get(SearchScopeFilter.parameter_name) == "messages":
+            return ("title", "messages__content")
+        return self.search_fields
+
+    def changelist_view(self, request, extra_context=None):
+        if request.GET.get(SearchScopeFilter.parameter_name) != "messages" or not request.GET.get("q"):
+            return super().changelist_view(request, extra_context)
+        return budgeted_changelist(self, super().changelist_view, request, extra_context)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -154,6 +196,11 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ("conversation",)
     ordering = ("-created_at",)
     list_per_page = 100
+
+    def changelist_view(self, request, extra_context=None):
+        if not request.GET.get("q"):  # a search here reads every message's text
+            return super().changelist_view(request, extra_context)
+        return budgeted_changelist(self, super().changelist_view, request, extra_context)
 
     @admin.display(description="content")
     def short_content(self, obj):

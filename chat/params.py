@@ -110,7 +110,7 @@ def used_history(history: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The part of a client's history that can reach the model: its last CHATGLM_MAX_HISTORY
     pairs. Adapters pass only this to the turn, so older pairs are never stored either."""
     keep = max(0, settings.CHATGLM["MAX_HISTORY"])
-    return history[len(history) - keep :] if keep else []
+    return history[max(0, len(history) - keep) :] if keep else []
 
 
 def conversation_id(value: Any, param: str = "conversation_id") -> uuid.UUID | None:

@@ -6,8 +6,11 @@ unknown and foreign ids are the same `not_found()` so nobody learns another user
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 
+from django.db import connection, transaction
 from django.db.models import Count, QuerySet
 
 from .errors import not_found
@@ -51,3 +54,34 @@ def answer_unfinished(conversation: Conversation) -> bool:
 def conversations_for_export(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
     """The conversations with their owners and messages fetched in two extra queries, not one per row."""
     return conversations.select_related("user").prefetch_related("messages")
+
+
+class QueryTooSlow(Exception):
+    """A read ran past its time budget and was stopped by the database."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Stop the queries run inside after `seconds` (SQLite: a progress handler; PostgreSQL: a
+    statement timeout), raising QueryTooSlow. A scan that nobody waits for any more must not
+    go on for minutes: the database does not notice that the client has left."""
+    from django.db import OperationalError
+
+    try:
+        if connection.vendor == "postgresql":
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = %s", [max(1, int(seconds * 1000))])
+                yield
+        elif connection.vendor == "sqlite":
+            # No transaction: an IMMEDIATE one (settings.py) would hold the write lock meanwhile.
+            connection.ensure_connection()
+            deadline = time.monotonic() + seconds
+            connection.connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+            try:
+                yield
+            finally:
+                connection.connection.set_progress_handler(None, 0)
+        else:
+            yield
+    except OperationalError as exc:
+        raise QueryTooSlow(str(exc)) from exc

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from . import throttle
 from .engine import (
     EngineOverloaded,
     EngineUnavailable,
@@ -99,6 +100,7 @@ class _Claim:
                 f"You already have {limit} answers being generated; wait for one to finish or stop it.",
                 status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
             )
+        self.client_slot = throttle.running_slot(owner)  # anonymous sessions count per address too
         self.owner, self.conversation_id, self.held = owner, None, True
         self.running[owner] += 1
         self.hold(conversation_id)
@@ -111,6 +113,7 @@ class _Claim:
     def release(self) -> None:
         if self.held:
             self.held = False
+            self.client_slot.release()
             self.running[self.owner] -= 1
             if self.running[self.owner] <= 0:
                 del self.running[self.owner]
@@ -135,7 +138,7 @@ class Turn:
         self._request = request
         self._claim = claim
         self._log: list[TurnEvent] = []
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future] = []  # readers waiting for the next event
 
     def cancel(self) -> None:
         """Stop generating (at the next decode step); what was produced is kept, as cancelled."""
@@ -146,25 +149,45 @@ class Turn:
     def finished(self) -> bool:
         return self.done is not None
 
-    async def events(self, replay: bool = True) -> AsyncIterator[TurnEvent]:
-        """Every event of the turn from the start (or from now), until TurnDone."""
-        index = 0 if replay else len(self._log)
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: len(self._log) > index)
-                batch = self._log[index:]
-            index += len(batch)
-            for event in batch:
-                yield event
-                if isinstance(event, TurnDone):
-                    return
+    async def events(self, replay: bool = True, idle: float | None = None) -> AsyncIterator[TurnEvent]:
+        """Every event of the turn from the start (or from now), until TurnDone.
 
-    async def _publish(self, event: TurnEvent) -> None:
+        A reader that fell behind gets what piled up coalesced: consecutive TextDeltas as one
+        (their text joined: still whole characters, and the concatenation is unchanged), and
+        of consecutive QueuePositions only the last. So a slow client, or a loop busy with
+        hundreds of streams, sends fewer, larger events instead of falling further behind.
+        With `idle`, IDLE is yielded whenever `idle` seconds pass with nothing new.
+        """
+        index = 0 if replay else len(self._log)
+        timer = _IdleTimer(idle) if idle else None
+        try:
+            while True:
+                if index == len(self._log):
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    if timer is not None:
+                        timer.wait_on(waiter)
+                    if not await waiter:  # woken by the idle timer, not by an event
+                        yield IDLE
+                        continue
+                batch = self._log[index:]
+                index += len(batch)
+                for event in _coalesce(batch):
+                    yield event
+                    if isinstance(event, TurnDone):
+                        return
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _publish(self, event: TurnEvent) -> None:
         if isinstance(event, TextDelta):
             self.text += event.text
-        async with self._changed:
-            self._log.append(event)
-            self._changed.notify_all()
+        self._log.append(event)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a reader that was cancelled while waiting
+                waiter.set_result(True)
 
     async def _run(self) -> None:
         result = None
@@ -182,7 +205,7 @@ class Turn:
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
-                    await self._publish(event)
+                    self._publish(event)
         except asyncio.CancelledError:
             self._request.cancel()
             raise
@@ -200,7 +223,63 @@ class Turn:
                 del _live_turns[self.conversation_id]
             self._claim.release()
             self.done = TurnDone(result, self.conversation_id, self.message_id)
-            await self._publish(self.done)
+            self._publish(self.done)
+
+
+IDLE = object()  # yielded by Turn.events(idle=...) after a silence (SSE sends a keep-alive)
+
+
+def _coalesce(batch: list[TurnEvent]) -> list[TurnEvent]:
+    """The events of `batch` with each run of TextDeltas joined into one and each run of
+    QueuePositions reduced to its last."""
+    out: list[TurnEvent] = []
+    run: list[str] = []
+    for event in batch:
+        if isinstance(event, TextDelta):
+            run.append(event.text)
+            continue
+        if run:
+            out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+            run = []
+        if isinstance(event, QueuePosition) and out and isinstance(out[-1], QueuePosition):
+            out[-1] = event
+        else:
+            out.append(event)
+    if run:
+        out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+    return out
+
+
+class _IdleTimer:
+    """Wakes a reader whose wait for the next event has lasted `interval` seconds.
+
+    One timer per interval and reader, re-armed only when it fires, however many events pass
+    meanwhile: a timeout around every wait (asyncio.timeout, wait_for) would cost a timer per
+    event, which at hundreds of streams costs more than the events themselves.
+    """
+
+    def __init__(self, interval: float):
+        self.loop = asyncio.get_running_loop()
+        self.interval = interval
+        self.waiter: asyncio.Future | None = None
+        self.since = self.loop.time()
+        self.handle = self.loop.call_at(self.since + interval, self._fire)
+
+    def wait_on(self, waiter: asyncio.Future) -> None:
+        self.waiter, self.since = waiter, self.loop.time()
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        waiting = self.waiter is not None and not self.waiter.done()
+        if waiting and now >= self.since + self.interval - 0.001:
+            self.waiter.set_result(False)  # wake the reader with "nothing came"
+            self.since = now
+        elif not waiting:
+            self.since = now  # the reader is busy: measure its next wait from here on
+        self.handle = self.loop.call_at(self.since + self.interval, self._fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 async def shut_down(timeout: float) -> None:
@@ -240,6 +319,7 @@ async def start_turn(inp: TurnInput) -> Turn:
     if _shutting_down:
         raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
                         code=SERVER_SHUTDOWN, retry_after=5)
+    await throttle.check_turn(inp.owner, new_conversation=inp.conversation_id is None and inp.store)
     engine = await ready_engine()
 
     conversation = None
@@ -267,7 +347,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     # Tokenizing a long history takes a while: off the event loop, which serves every stream.
     messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params)
     try:
-        request = engine.submit(messages, inp.params)
+        request = engine.submit(messages, inp.params, owner=throttle.queue_owner(inp.owner))
     except EngineOverloaded as exc:
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:
@@ -289,30 +369,42 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
 def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams):
     """Chat messages for the model, and how many of the oldest pairs were left out.
 
-    At most CHATGLM_MAX_HISTORY pairs, and fewer when the prompt would not leave room for
-    the answer in the model's context (oldest pairs go first). The most pairs that fit are
-    found by bisection: a few tokenizations, not one per pair dropped.
+    Keeps the most recent pairs, at most CHATGLM_MAX_HISTORY of them, such that the prompt
+    (as the backend's own `count_prompt_tokens` counts it: chat template, system prompt and
+    all) plus the room kept for the answer fits the limit (see `answer_room`). The most pairs
+    that fit are found by bisection: a few tokenizations, not one per pair dropped. The query
+    itself is never trimmed.
     """
+    limit, room = answer_room(engine, params)
     max_pairs = max(0, settings.CHATGLM["MAX_HISTORY"])
-    candidates = history[len(history) - max_pairs :] if max_pairs else []
-    context = engine.info.context_length
-    # Room for the answer, capped so that a large max_tokens does not push out all context:
-    # the backend's own budget cuts an answer that outgrows what is left.
-    answer_room = min(params.max_new_tokens or 512, context // 4)
+    candidates = history[max(0, len(history) - max_pairs) :] if max_pairs else []
 
     def fits(count: int) -> bool:
         kept = candidates[len(candidates) - count :] if count else []
-        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + answer_room <= context
+        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + room <= limit
 
     count = len(candidates)
     if count and not fits(count):
-        low, high = 0, count  # fits(low) (the query alone is never trimmed), not fits(high)
+        low, high = 0, count  # low: 0 or a count that fits; high: a count that does not
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if fits(middle) else (low, middle)
         count = low
     kept = candidates[len(candidates) - count :] if count else []
     return to_messages(system_prompt, kept, query), len(history) - len(kept)
+
+
+def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
+    """(limit, room): the tokens a prompt and its answer may take together (the context, or
+    the seed API's `max_length` if smaller), and how many of them history must leave free
+    for the answer: its token budget (`max_new_tokens`, else the backend's default), capped at
+    a quarter of the limit so that a large `max_tokens` does not push out all history. The
+    backend's own budget (limit minus the prompt) then lets such an answer grow past it."""
+    limit = engine.info.context_length
+    if params.max_length:
+        limit = min(limit, params.max_length)
+    budget = params.max_new_tokens or engine.backend.default_max_new_tokens()
+    return limit, min(budget, limit // 4)
 
 
 def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:

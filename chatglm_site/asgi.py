@@ -21,3 +21,8 @@ application = ProtocolTypeRouter(
         "websocket": SameOriginOrApiKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Body size, sockets per client and the client's address for rate limits (chat/asgi_limits.py).
+from chat.asgi_limits import ResourceLimits  # noqa: E402
+
+application = ResourceLimits(application)

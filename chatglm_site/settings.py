@@ -6,13 +6,24 @@ SQLite at data/db.sqlite3 configured for concurrent writers.
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("CHATGLM_DATA_DIR", BASE_DIR / "data"))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# The data folder holds the database (sessions, password hashes, conversations) and the secret
+# key: private to the server's user, whatever the umask (README "Security").
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _owned(path: Path) -> bool:
+    return not hasattr(os, "getuid") or path.stat().st_uid == os.getuid()
+
+
+if _owned(DATA_DIR):  # a folder someone else provides is left as it is
+    DATA_DIR.chmod(0o700)
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -34,9 +45,17 @@ def _secret_key() -> str:
         return os.environ["DJANGO_SECRET_KEY"]
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(50))
+        # Written whole to a temporary file, then linked into place: processes that start at
+        # once never read a half-written key, and the first link wins (the others read it).
+        fd, temporary = tempfile.mkstemp(prefix=".secret_key.", dir=DATA_DIR)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(50))
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
     return path.read_text().strip()
 
 
@@ -90,6 +109,20 @@ TEMPLATES = [
     },
 ]
 
+def _private_sqlite_files(database: Path) -> None:
+    """The SQLite file created 0600 (SQLite gives its -wal and -shm files the database file's
+    mode), and one left readable by an older version made private."""
+    if str(database) in ("", ":memory:") or not database.parent.is_dir():
+        return
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        try:
+            if _owned(path):
+                path.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}",
@@ -105,6 +138,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    _private_sqlite_files(Path(DATABASES["default"]["NAME"]))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -145,14 +179,28 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
 if os.environ.get("REDIS_URL"):
+    # A consumer waits for its next message with a blocking read of 5 s (channels-redis's
+    # brpop_timeout); redis-py's own socket timeout is also 5 s, so an idle read timed out and
+    # Daphne closed the socket (1011). The socket timeout must outlast the blocking read; a
+    # dead Redis is still noticed (keep-alive, health checks, the connect timeout).
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "capacity": 1500, "expiry": 30},
+            "CONFIG": {
+                "hosts": [{
+                    "address": os.environ["REDIS_URL"],
+                    "socket_timeout": 30,
+                    "socket_connect_timeout": 5,
+                    "socket_keepalive": True,
+                    "health_check_interval": 15,
+                }],
+                "capacity": 1500,
+                "expiry": 30,
+            },
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chat.channel_layer.ThrottledInMemoryChannelLayer"}}
 
 # The chat service's own settings (README: "Configuration").
 CHATGLM = {
@@ -166,7 +214,24 @@ CHATGLM = {
     "REQUIRE_LOGIN": env_bool("CHATGLM_REQUIRE_LOGIN"),
     "GENERATION_TIMEOUT": float(os.environ.get("CHATGLM_GENERATION_TIMEOUT", "") or 300),
 }
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CHATGLM_MAX_BODY_BYTES", 2_621_440)
+
+# -- Resources and abuse (README "Configuration"): bounded bodies, rate limits, fair shares.
+# A request body past this size is refused by chat.asgi_limits before any of it is buffered.
+MAX_BODY_BYTES = env_int("CHATGLM_MAX_BODY_BYTES", 2_621_440)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+CHATGLM.update({
+    "BODY_TIMEOUT": float(os.environ.get("CHATGLM_BODY_TIMEOUT", "30")),
+    "TURNS_PER_MINUTE": env_int("CHATGLM_TURNS_PER_MINUTE", 60),
+    "CONVERSATIONS_PER_MINUTE": env_int("CHATGLM_CONVERSATIONS_PER_MINUTE", 20),
+    "SESSIONS_PER_MINUTE": env_int("CHATGLM_SESSIONS_PER_MINUTE", 20),
+    "MAX_RUNNING_PER_IP": env_int("CHATGLM_MAX_RUNNING_PER_IP", 4),
+    "MAX_VISITOR_CONVERSATIONS": env_int("CHATGLM_MAX_VISITOR_CONVERSATIONS", 500),
+    "MAX_SOCKETS_PER_SESSION": env_int("CHATGLM_MAX_SOCKETS_PER_SESSION", 8),
+    "MAX_SOCKETS_PER_IP": env_int("CHATGLM_MAX_SOCKETS_PER_IP", 64),
+    "THROTTLE_EXEMPT": env_list("CHATGLM_THROTTLE_EXEMPT", "127.0.0.0/8,::1"),
+    "REDIS_URL": os.environ.get("REDIS_URL", ""),  # rate limits shared by every process
+    "ADMIN_SEARCH_SECONDS": float(os.environ.get("CHATGLM_ADMIN_SEARCH_SECONDS", "10")),
+})
 
 LOGGING = {
     "version": 1,

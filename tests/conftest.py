@@ -73,6 +73,14 @@ def _api_settings(settings):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    """Each test starts with full rate buckets (user ids and key names recur across tests)."""
+    from chat import throttle
+
+    throttle.buckets.clear()
+
+
 @pytest.fixture
 def server_factory(tmp_path):
     """Start real `manage.py serve` processes on free ports; all are stopped after the test."""

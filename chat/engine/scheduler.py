@@ -4,10 +4,15 @@ One engine thread owns the model: it loads it, warms it up and runs every genera
 torch never runs on two threads at once (PITFALLS.md: torch on a second thread halves its
 speed, and OpenMP teams on two threads fight over two cores). Async callers submit a
 request and read its events from an `asyncio.Queue` that the engine thread feeds with
-`loop.call_soon_threadsafe` (about 4 µs an item, against 90 µs for `sync_to_async`).
+`loop.call_soon_threadsafe` (about 4 µs an item, against 90 µs for `sync_to_async`), one call
+for all the events that arrive before the loop runs (`_Outbox`).
 
 The queue is bounded (`max_queue`): past it, `submit()` raises EngineOverloaded at once
-instead of letting latency grow without end. A request whose caller goes away is cancelled
+instead of letting latency grow without end. It is also shared fairly: a request may name its
+`owner` (an account, an API key, a client address), who may have at most `max_waiting_per_owner`
+requests waiting (CHATGLM_MAX_QUEUED_PER_CLIENT, default a quarter of the queue), and the
+waiting line is kept in round-robin order across owners (each owner's first waiting request,
+then each one's second...), so one busy client cannot push everyone else to the back. A request whose caller goes away is cancelled
 at the next decode step (Sequence.push_token sees the flag), or removed from the queue if
 it had not started.
 """
@@ -18,8 +23,10 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from .base import (
@@ -38,13 +45,57 @@ from .base import (
 log = logging.getLogger(__name__)
 
 
+class _Outbox:
+    """Events from the engine thread to one event loop, handed over in batches: a decode step
+    of 200 rows makes one `call_soon_threadsafe` (one wake-up of the loop, one write to its
+    self-pipe), not 200. The loop takes everything that arrived by the time it runs."""
+
+    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._items: collections.deque = collections.deque()  # append/popleft are thread-safe
+        self._scheduled = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Outbox:
+        outbox = cls._by_loop.get(loop)
+        if outbox is None:
+            with cls._lock:
+                outbox = cls._by_loop.setdefault(loop, cls(loop))
+        return outbox
+
+    def put(self, queue: asyncio.Queue, event: Event) -> bool:
+        """Queue `event` for `queue`; False if the loop is closed."""
+        if self._loop.is_closed():
+            return False
+        self._items.append((queue, event))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # closed meanwhile
+                self._scheduled = False
+                return False
+        return True
+
+    def _deliver(self) -> None:
+        self._scheduled = False  # before draining: an event appended from now on schedules anew
+        items = self._items
+        while items:
+            queue, event = items.popleft()
+            queue.put_nowait(event)
+
+
 class Request:
     """A submitted generation, as its async caller holds it."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine: Engine, messages: list[Message], params: GenerationParams):
+    def __init__(self, engine: Engine, messages: list[Message], params: GenerationParams, owner: str | None = None):
         self.id = next(self._ids)
+        self.owner = owner
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
@@ -53,10 +104,8 @@ class Request:
         self.result: GenerationResult | None = None
 
     def _emit_threadsafe(self, event: Event) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
-            self._cancel.set()
+        if not _Outbox.of(self._loop).put(self._events, event):  # the caller's loop is closed:
+            self._cancel.set()  # nobody is listening any more
 
     def cancel(self) -> None:
         """Stop this request: at the next decode step, or now if it is still queued."""
@@ -85,9 +134,14 @@ class Request:
 class Engine:
     """The process-wide model server. Create one with `get_engine()`."""
 
-    def __init__(self, backend_factory: Callable[[], Backend], max_queue: int = 64):
+    def __init__(self, backend_factory: Callable[[], Backend], max_queue: int = 64,
+                 max_waiting_per_owner: int | None = None):
         self._backend_factory = backend_factory
         self.max_queue = max_queue
+        if max_waiting_per_owner is None:
+            raw = os.environ.get("CHATGLM_MAX_QUEUED_PER_CLIENT", "").strip()
+            max_waiting_per_owner = int(raw) if raw else max(1, max_queue // 4)
+        self.max_waiting_per_owner = max_waiting_per_owner  # 0: no per-owner share
         self._backend: Backend | None = None
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[Request] = []
@@ -138,26 +192,37 @@ class Engine:
         with self._cond:
             return len(self._running)
 
-    def submit(self, messages: list[Message], params: GenerationParams) -> Request:
-        """Admit a request, or raise EngineOverloaded/EngineUnavailable at once."""
+    def submit(self, messages: list[Message], params: GenerationParams, owner: str | None = None) -> Request:
+        """Admit a request, or raise EngineOverloaded/EngineUnavailable at once.
+
+        `owner` (any string; None: nobody in particular) gets a fair share of the queue."""
         if self._ready.is_set() and self._load_error is not None:
             raise EngineUnavailable(f"The model failed to load: {self._load_error}")
         if self._stopping:
             raise EngineUnavailable("The engine is shutting down.")
-        request = Request(self, messages, params)
+        request = Request(self, messages, params, owner)
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise EngineOverloaded(retry_after=max(1, len(self._waiting) // 4))
-            self._waiting.append(request)
-            position = len(self._waiting)
+            index = self._fair_place(owner)
+            if index is None:
+                raise EngineOverloaded(
+                    f"You already have {self.max_waiting_per_owner} requests waiting for the model: "
+                    "wait for one to start.",
+                    retry_after=max(1, self.max_waiting_per_owner // 4),
+                )
+            self._waiting.insert(index, request)
+            position = index + 1
+            self._announce_positions(start=index + 1)
             self._cond.notify()
         if position > 1 or self._running or not self._ready.is_set():
             request._emit_threadsafe(QueuePosition(position))
         return request
 
-    async def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Event]:
+    async def stream(self, messages: list[Message], params: GenerationParams,
+                     owner: str | None = None) -> AsyncIterator[Event]:
         """`async for event in engine.stream(...)`: the events of one request."""
-        request = self.submit(messages, params)
+        request = self.submit(messages, params, owner)
         async for event in request.events():
             yield event
 
@@ -174,6 +239,21 @@ class Engine:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def _fair_place(self, owner: str | None) -> int | None:
+        """Where a new request of `owner` goes in the waiting line (lock held), or None when the
+        owner has its whole share waiting. The line is in rounds: a request that is its owner's
+        k-th waiting one goes after every request that is the k-th (or earlier) of its own owner,
+        so owners take turns. Requests of no owner (None) share one turn among them."""
+        rank = sum(1 for r in self._waiting if r.owner == owner)
+        if owner is not None and self.max_waiting_per_owner and rank >= self.max_waiting_per_owner:
+            return None
+        seen: collections.Counter = collections.Counter()
+        for index, waiting in enumerate(self._waiting):
+            if seen[waiting.owner] > rank:
+                return index
+            seen[waiting.owner] += 1
+        return len(self._waiting)
 
     def _drop_if_waiting(self, request: Request) -> None:
         with self._cond:

@@ -14,7 +14,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import exports, inputs, live, params, selectors, services
+from .. import exports, inputs, live, params, selectors, services, throttle
 from ..errors import ChatError, invalid
 from ..owners import session_owner
 from ..turns import live_turn
@@ -90,6 +90,7 @@ def _detail(owner, conversation_id) -> dict:
 
 async def create_conversation(request):
     fields = services.new_conversation_fields(read_json(request))  # before the session gets a visitor
+    await throttle.check_new_conversation(await _owner(request))  # before a session is made for it
     owner = await _owner(request, create=True)
     conversation = await sync_to_async(services.create_conversation)(owner, fields)
     return _json(await _detail(owner, conversation.id), status=201)

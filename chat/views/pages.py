@@ -6,26 +6,34 @@ import uuid
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from ..engine import get_engine
-from ..owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY
+from ..owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY, api_keys
+from ..throttle import new_page_session_wait
 
 
 @ensure_csrf_cookie
 def index(request):
-    """The chat page. An anonymous visitor gets their visitor id (and session cookie) here, so
-    their conversations are theirs from the first question on. The session is marked as one
-    that loaded the page: with API keys set, only such a session chats without a key."""
+    """The chat page. Without API keys it makes no session: an anonymous visitor gets one (and
+    their visitor id) with their first conversation, so a page load stores nothing. With API keys
+    set, only a session that loaded the page chats without a key, so the page makes it and marks
+    it; new sessions per address are then rate-limited (CHATGLM_SESSIONS_PER_MINUTE)."""
     if not request.user.is_authenticated and settings.CHATGLM["REQUIRE_LOGIN"]:
         return redirect_to_login(request.get_full_path())
-    if not request.user.is_authenticated and VISITOR_SESSION_KEY not in request.session:
-        request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
-    if PAGE_SESSION_KEY not in request.session:
-        request.session[PAGE_SESSION_KEY] = True
+    if api_keys():
+        if request.session.session_key is None and (wait := new_page_session_wait()):
+            response = HttpResponse("Too many new visits from your address: try again shortly.\n", status=429,
+                                    content_type="text/plain; charset=utf-8")
+            response["Retry-After"] = str(wait)
+            return response
+        if not request.user.is_authenticated and VISITOR_SESSION_KEY not in request.session:
+            request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
+        if PAGE_SESSION_KEY not in request.session:
+            request.session[PAGE_SESSION_KEY] = True
     engine = get_engine()
     model = engine.info.model_id if engine.ready else "loading…"
     return render(request, "chat/index.html", {"model_name": model, "signup_mode": settings.CHATGLM["SIGNUP"]})

@@ -76,8 +76,16 @@ def test_a_page_on_another_port_cannot_open_the_socket_with_the_visitors_cookie(
                                                                                   hostile_origin):
     context = browser_context()
     page = context.new_page()
-    page.goto("/")  # the victim has a session (a visitor of the chat)
+    page.goto("/")
     wait_ready(page)
+    # The victim has a session: a visitor of the chat, made by their first conversation.
+    assert page.evaluate("""async () => {
+      const token = (document.cookie.match(/(?:^|; )csrftoken=([^;]+)/) || [])[1]
+        || document.querySelector('meta[name="csrf-token"]')?.content;
+      const r = await fetch("/api/conversations", {method: "POST", body: "{}",
+        headers: {"Content-Type": "application/json", "X-CSRFToken": token}});
+      return r.status;
+    }""") == 201
     assert any(c["name"] == "sessionid" for c in context.cookies(chat_server.url))
     socket_url = f"{chat_server.ws_url}/ws/chat/"
     # On the site's own page the same script opens the socket and chats (the control) ...

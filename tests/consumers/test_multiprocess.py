@@ -76,10 +76,13 @@ async def test_sockets_on_another_process_follow_stop_and_pick_up_answers(server
         assert asked[-1]["response"] == seen[-1]["response"] == text_of(seen)
         assert 0 < len(asked[-1]["response"]) < len(full)
 
-    # A browser: the page load gives it a session; its tab on one process is closed mid-answer,
-    # and a tab on the other process picks the answer up where it is.
+    # A browser: its first conversation gives it a session (a page load makes none); its tab on
+    # one process is closed mid-answer, and a tab on the other process picks the answer up.
     page = httpx.get(f"{one.url}/", timeout=10)
-    cookie = f"sessionid={page.cookies['sessionid']}"
+    created = httpx.post(f"{one.url}/api/conversations", json={}, cookies=page.cookies,
+                         headers={"X-CSRFToken": page.cookies["csrftoken"]}, timeout=10)
+    assert created.status_code == 201
+    cookie = f"sessionid={created.cookies['sessionid']}"
     async with connect(f"{one.ws_url}/ws/chat/", origin=one.url, additional_headers={"Cookie": cookie}) as tab:
         await tab.send(json.dumps({"type": "chat", "query": LONG}))
         third = (await frames_until(tab, "delta"))[0]

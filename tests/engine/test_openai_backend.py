@@ -114,7 +114,17 @@ def test_credentials_in_the_upstream_url_never_show(upstream):
     """httpx sends URL credentials as Basic auth (this upstream wants its Bearer key, so the load
     fails): the message that reaches the log and a 503 names the host, not the password."""
     url = upstream.url.replace("http://", "http://user:hunter2@") + "/v1"
-    engine = Engine(lambda: OpenAIBackend(EngineConfig(upstream_url=url, upstream_api_key="sk-up")))
+    engine = Engine(lambda: OpenAIBackend(EngineConfig(upstream_url=url)))
     with pytest.raises(EngineUnavailable) as failure:
         engine.wait_ready(30)
     assert "hunter2" not in str(failure.value) and upstream.url[7:] in str(failure.value)
+
+
+def test_the_api_key_wins_over_credentials_in_the_url(upstream):
+    """With both, CHATGLM_UPSTREAM_API_KEY is sent (as Bearer) and the URL's user:password is not."""
+    url = upstream.url.replace("http://", "http://user:hunter2@") + "/v1"
+    backend = OpenAIBackend(EngineConfig(upstream_url=url, upstream_api_key="sk-up"))
+    assert "hunter2" not in backend.base_url
+    engine = Engine(lambda: backend)
+    assert engine.wait_ready(30).model_id == "fake"
+    engine.stop()

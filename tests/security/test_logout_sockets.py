@@ -90,6 +90,9 @@ async def test_a_password_change_ends_the_socket_at_its_next_turn(engine, alice)
 async def test_a_visitor_socket_ends_when_the_visitor_logs_in(engine, alice):
     client = AsyncClient(enforce_csrf_checks=True)
     page = await client.get("/")
+    # The first conversation makes the visitor's session (without API keys a page load makes none).
+    await client.post("/api/conversations", {}, content_type="application/json",
+                      headers={"X-CSRFToken": page.cookies[django_settings.CSRF_COOKIE_NAME].value})
     key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
     socket = await open_socket(key)
     assert (await chat(socket, "anonymous"))["type"] == "done"

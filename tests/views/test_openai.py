@@ -77,7 +77,9 @@ async def test_unknown_fields_are_ignored(engine, async_client):
     assert r.status_code == 200, r.content
 
 
-async def test_stream_shape(engine, async_client):
+async def test_stream_shape(engine_env, async_client):
+    # Steps slow enough for the reader to keep up: deltas that pile up come as one chunk.
+    engine_env(CHATGLM_FAKE_DELAY_MS="10")
     r = await post(async_client, body(stream=True))
     assert r.status_code == 200
     assert r["Content-Type"].startswith("text/event-stream")

@@ -305,9 +305,11 @@ async def test_api_keys(engine, settings):
 
 async def test_session_callers_need_the_csrf_token(engine):
     browser = AsyncClient(enforce_csrf_checks=True)
-    page = await browser.get("/")  # sets the CSRF cookie
+    page = await browser.get("/")  # sets the CSRF cookie, and makes no session
+    assert "sessionid" not in browser.cookies
     token = page.cookies["csrftoken"].value
-    await post(browser, "/chat", {"query": "make me a session"}, headers={"X-CSRFToken": token})
+    # The page's first conversation makes the session.
+    await post(browser, "/api/conversations", {}, headers={"X-CSRFToken": token})
     assert "sessionid" in browser.cookies
     refused = await post(browser, "/chat", {"query": "no token"})
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "csrf_failed"

@@ -41,6 +41,10 @@ class OpenAIBackend(Backend):
     def __init__(self, config: EngineConfig):
         self.base_url = config.upstream_url.rstrip("/")
         self.api_key = config.upstream_api_key
+        if self.api_key:
+            # httpx turns URL credentials into a Basic Authorization header that replaced the
+            # Bearer key; CHATGLM_UPSTREAM_API_KEY, the explicit setting, wins (README).
+            self.base_url = _without_credentials(self.base_url)
         self.model = os.environ.get("CHATGLM_UPSTREAM_MODEL", "").strip()
         self.max_batch_size = max(config.max_batch_size, config.max_queue)
         self.context_length = 8192

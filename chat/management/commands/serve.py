@@ -88,7 +88,10 @@ class Command(BaseCommand):
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
 
+        from chat import daphne_limits
         from chatglm_site.asgi import application
+
+        daphne_limits.install()  # bodies and slow requests refused at the socket
 
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"Open http://{shown}:{port}/ in a browser (Ctrl+C stops the server).")
@@ -101,7 +104,13 @@ class Command(BaseCommand):
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             http_timeout=None,  # streams last as long as the answer
+            # A socket lives as long as its client answers pings: a dead peer is dropped after
+            # ping_interval + ping_timeout, a live one after a day at most (the page reconnects).
             websocket_timeout=86400,
+            ping_interval=20,
+            ping_timeout=30,
+            websocket_connect_timeout=20,  # the consumer must accept (or refuse) this fast
+            websocket_handshake_timeout=5,  # a client that trickles its handshake is dropped
             application_close_timeout=10,
             verbosity=0,
             server_name="chatglm-django",

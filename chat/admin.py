@@ -12,9 +12,10 @@ from django.db.models import Count, Max, Q, Sum
 from django.http import HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from . import exports, selectors
+from . import exports, selectors, tree
 from .models import Conversation, Invite, Message
 
 
@@ -70,8 +71,9 @@ class SearchScopeFilter(admin.SimpleListFilter):
 
 class MessageInline(admin.TabularInline):
     model = Message
+    # Every branch, in the order written; `parent` shows the tree (the current path is above).
     fields = readonly_fields = (
-        "position", "role", "content", "finish_reason", "prompt_tokens", "completion_tokens",
+        "message_id", "parent_id", "position", "role", "content", "finish_reason", "prompt_tokens", "completion_tokens",
         "time_to_first_token", "duration", "error", "created_at",
     )
     extra = 0
@@ -88,6 +90,14 @@ class MessageInline(admin.TabularInline):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    @admin.display(description="id")
+    def message_id(self, obj):
+        return obj.pk
+
+    @admin.display(description="parent")
+    def parent_id(self, obj):
+        return obj.parent_id or "-"
+
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
@@ -101,9 +111,10 @@ class ConversationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-updated_at",)
     list_per_page = 50
-    readonly_fields = ("id", "user", "visitor", "api_key_name", "source", "model", "created_at", "updated_at")
+    readonly_fields = ("id", "user", "visitor", "api_key_name", "source", "model", "created_at", "updated_at",
+                       "current_path")
     fields = ("id", "title", "user", "visitor", "api_key_name", "source", "model", "system_prompt", "settings",
-              "created_at", "updated_at")
+              "created_at", "updated_at", "current_path")
     inlines = (MessageInline,)
     actions = ("export_as_json",)
 
@@ -130,6 +141,15 @@ class ConversationAdmin(admin.ModelAdmin):
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         perms_needed.discard(Message._meta.verbose_name)
         return deleted, counts, perms_needed, protected
+
+    @admin.display(description="current path")
+    def current_path(self, obj):
+        """The branch on screen, root first; the messages below hold every branch."""
+        path = tree.current_path(obj)
+        if not path:
+            return "-"
+        return format_html("<ol>{}</ol>", format_html_join(
+            "", "<li>#{} {}: {}</li>", ((m.pk, m.get_role_display(), Truncator(m.content).chars(200)) for m in path)))
 
     @admin.display(description="title", ordering="title")
     def display_title(self, obj):

@@ -1,6 +1,8 @@
 """Conversations as documents a person takes away: JSON (complete, re-readable) or Markdown (to read).
 
 One representation of a message for the API, the JSON export and the admin's export action.
+JSON holds the whole tree (every message with its `parent_id`, and the current path); Markdown
+holds the current path, the conversation as it reads on screen.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 
+from . import tree
 from .models import Conversation, FinishReason, Message, Role
 
 EXPORT_FORMAT = "chatglm-conversations"
@@ -25,6 +28,7 @@ def iso(value) -> str | None:
 def message_data(message: Message) -> dict:
     return {
         "id": message.pk,
+        "parent_id": message.parent_id,
         "position": message.position,
         "role": message.role,
         "content": message.content,
@@ -35,6 +39,7 @@ def message_data(message: Message) -> dict:
         "duration": message.duration,
         "tokens_per_second": message.tokens_per_second,
         "error": message.error,
+        "history_truncated": message.history_truncated,
         "created_at": iso(message.created_at),
     }
 
@@ -51,11 +56,16 @@ def conversation_summary(conversation: Conversation) -> dict:
 
 
 def conversation_data(conversation: Conversation, messages: Iterable[Message], *, owner: bool = False) -> dict:
-    """The whole conversation; `owner` adds who owns it (the admin's export, not a user's own)."""
+    """The whole conversation (every branch, in order of creation) and its current path;
+    `owner` adds who owns it (the admin's export, not a user's own)."""
+    messages = list(messages)
+    path = tree.current_path(conversation, messages)
     data = {
         **conversation_summary(conversation),
         "system_prompt": conversation.system_prompt,
         "settings": conversation.settings,
+        "current_leaf_id": path[-1].pk if path else None,
+        "current_path": [m.pk for m in path],
         "messages": [message_data(m) for m in messages],
     }
     if owner:
@@ -97,7 +107,7 @@ def conversation_markdown(conversation: Conversation, messages: Iterable[Message
     lines += [" · ".join(about), ""]
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt, ""]
-    for message in messages:
+    for message in tree.current_path(conversation, messages):
         if message.role == Role.SYSTEM:
             continue  # shown once above, as the conversation's system prompt
         lines += [f"## {message.get_role_display()}", ""]

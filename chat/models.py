@@ -69,6 +69,11 @@ class Conversation(models.Model):
     system_prompt = models.TextField(blank=True, default="")
     # Per-conversation generation settings chosen in the page: temperature, top_p, max_length.
     settings = models.JSONField(default=dict, blank=True)
+    # The conversation is a tree of messages; this is the leaf of the branch on screen (and the
+    # branch the next question continues). Null for an empty conversation.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -105,6 +110,9 @@ class Conversation(models.Model):
 
 class Message(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message this one follows (null: the root). Siblings are alternatives: an edited
+    # question, a regenerated answer. `position` is the order of creation within the conversation.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     position = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True, default="")
@@ -117,6 +125,8 @@ class Message(models.Model):
     duration = models.FloatField(null=True, blank=True, help_text="seconds")
     params = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
+    # Assistant messages: how many of the oldest turns of the path were left out of the prompt.
+    history_truncated = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["conversation", "position"]
@@ -127,6 +137,23 @@ class Message(models.Model):
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
 
+    # Set on an unsaved message that really starts a new root (an edited first question).
+    explicit_root = False
+
+    def save(self, *args, **kwargs):
+        """A new message saved with no parent continues the conversation's current path (code
+        that writes a linear conversation keeps working); the tree code names parents itself."""
+        append = self._state.adding and self.parent_id is None and not self.explicit_root
+        if append:
+            conversation = Conversation.objects.filter(pk=self.conversation_id).values("current_leaf_id").first() or {}
+            self.parent_id = conversation.get("current_leaf_id") or (
+                Message.objects.filter(conversation_id=self.conversation_id).order_by("-position")
+                .values_list("pk", flat=True).first()
+            )
+        super().save(*args, **kwargs)
+        if append:
+            Conversation.objects.filter(pk=self.conversation_id).update(current_leaf=self)
+
     @property
     def tokens_per_second(self) -> float | None:
         if not self.completion_tokens or not self.duration:
@@ -136,3 +163,31 @@ class Message(models.Model):
 
 
 from .invites import Invite  # noqa: E402,F401 - the invitations model (chat/invites.py)
+
+
+def new_share_id() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(24)  # 192 random bits: unguessable
+
+
+class Share(models.Model):
+    """A read-only link to a snapshot of a conversation's current path, as it was when shared.
+
+    The snapshot is copied, so later turns, edits or a deleted branch do not change what the
+    link shows; deleting the share (revoking) makes the link 404, and so does deleting the
+    conversation."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_share_id, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    # [{"role", "content", "finish_reason"}], the path from the root, without the system prompt.
+    messages = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title or self.id

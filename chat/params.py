@@ -123,3 +123,12 @@ def conversation_id(value: Any, param: str = "conversation_id") -> uuid.UUID | N
     except ValueError:
         # Malformed and unknown ids look the same to the caller.
         raise not_found(param=param) from None
+
+
+def message_id(value: Any, param: str = "message_id") -> int | None:
+    """A message's id in a conversation's tree (null allowed: the root)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid(param, f"'{param}' must be a message id (a positive integer) or null.", "invalid_type")
+    return value

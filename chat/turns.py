@@ -35,7 +35,8 @@ from .engine import (
     TextDelta,
     get_engine,
 )
-from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, model_unavailable, not_found
+from . import tree
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
 
@@ -54,6 +55,12 @@ class TurnInput:
     conversation_id: uuid.UUID | None = None
     system_prompt: str | None = None  # None: the conversation's own (if any)
     store: bool = True  # False: run the turn without saving it (CHATGLM_STORE_API_TURNS=0)
+    # Where the turn hangs in the conversation's tree (see chat/tree.py). branch=False: after
+    # the current leaf (the seed and OpenAI APIs, a plain question). branch=True: under
+    # `parent_id` (None: at the root): an edited question names the parent of the question it
+    # replaces; a question's own id regenerates its answer (then `query` is left empty).
+    parent_id: int | None = None
+    branch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +324,10 @@ async def start_turn(inp: TurnInput) -> Turn:
 
     conversation = None
     if inp.conversation_id is not None:
-        conversation, history = await _saved_history(inp.owner, inp.conversation_id)
+        conversation, history, inp = await _saved_history(inp)
     else:
+        if inp.branch:
+            raise invalid("parent_id", "'parent_id' needs a 'conversation_id'.", "missing")
         history = list(inp.history or [])
     claim = _Claim(inp.owner, str(conversation.id) if conversation else None)  # no await since the read
     try:
@@ -347,7 +356,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     turn = Turn(inp, history, truncated, request, claim)
     if inp.store:
         try:
-            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id)
+            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
         except BaseException:
             request.cancel()
             raise
@@ -410,24 +419,36 @@ def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dic
 
 
 @sync_to_async
-def _saved_history(owner: Owner, conversation_id: uuid.UUID) -> tuple[Conversation, list[Pair]]:
-    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
+def _saved_history(inp: TurnInput) -> tuple[Conversation, list[Pair], TurnInput]:
+    """The conversation, the history on the path the turn continues, and the input with its
+    parent resolved (and, for a regenerated answer, the question it answers again)."""
+    conversation = Conversation.objects.owned_by(inp.owner).filter(pk=inp.conversation_id).first()
     if conversation is None:
         raise not_found()
-    return conversation, history_of(conversation)
+    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content"))
+    if not inp.branch:
+        parent = tree.leaf_id(conversation, messages)
+        return conversation, tree.pairs(tree.path_to(messages, parent)), dataclasses.replace(inp, parent_id=parent)
+    parent = inp.parent_id
+    if parent is not None and parent not in messages:
+        raise invalid("parent_id", "'parent_id' is not a message of this conversation.", "not_found")
+    if parent is not None and messages[parent].role == Role.USER:  # regenerate this question's answer
+        if inp.query:
+            raise invalid("query", "Leave 'query' empty when 'parent_id' names a question: its answer is regenerated.",
+                          "unexpected")
+        question = messages[parent]
+        history = tree.pairs(tree.path_to(messages, question.parent_id))
+        return conversation, history, dataclasses.replace(inp, query=question.content)
+    if not inp.query or not inp.query.strip():
+        raise invalid("query", "'query' is required.", "missing")
+    if parent is not None and messages[parent].role == Role.ASSISTANT and not messages[parent].content:
+        pass  # an empty (failed) answer can still be followed; it is left out of the history
+    return conversation, tree.pairs(tree.path_to(messages, parent)), inp
 
 
 def history_of(conversation: Conversation) -> list[Pair]:
-    """(question, answer) pairs of a saved conversation; unanswered questions are left out."""
-    pairs, question = [], None
-    for role, content in conversation.messages.filter(role__in=[Role.USER, Role.ASSISTANT]).values_list("role", "content"):
-        if role == Role.USER:
-            question = content
-        elif question is not None:
-            if content:
-                pairs.append((question, content))
-            question = None
-    return pairs
+    """(question, answer) pairs on the conversation's current path."""
+    return tree.pairs(tree.current_path(conversation))
 
 
 def title_from(query: str) -> str:
@@ -436,7 +457,8 @@ def title_from(query: str) -> str:
 
 
 @sync_to_async
-def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str):
+def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str,
+                   truncated: int = 0):
     """Save the question and an empty answer marked as generating; return their ids."""
     with transaction.atomic():
         if conversation is None:
@@ -446,19 +468,18 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
                 title=title_from(inp.query)[:TITLE_MAX_LENGTH], source=inp.source, model=model_id,
                 system_prompt=system_prompt,
             )
-            position = 0
+            position, parent_id = 0, None
             if system_prompt:
-                Message.objects.create(conversation=conversation, position=0, role=Role.SYSTEM, content=system_prompt)
+                parent_id = Message.objects.create(conversation=conversation, position=0, role=Role.SYSTEM,
+                                                   content=system_prompt).pk
                 position = 1
-            rows = []
             for question, answer in history:  # a seed client's history becomes part of the record
-                rows += [
-                    Message(conversation=conversation, position=position, role=Role.USER, content=question),
-                    Message(conversation=conversation, position=position + 1, role=Role.ASSISTANT,
-                            content=answer, finish_reason=FinishReason.STOP),
-                ]
-                position += 2
-            Message.objects.bulk_create(rows)
+                for role, content in ((Role.USER, question), (Role.ASSISTANT, answer)):
+                    parent_id = Message.objects.create(
+                        conversation=conversation, parent_id=parent_id, position=position, role=role, content=content,
+                        finish_reason=FinishReason.STOP if role == Role.ASSISTANT else "",
+                    ).pk
+                    position += 1
         else:
             # Update the row as it is now (a rename may have landed since it was read), and
             # refuse if it was deleted meanwhile.
@@ -468,11 +489,24 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
             rows.filter(title="").update(title=title_from(inp.query)[:TITLE_MAX_LENGTH])
             last = conversation.messages.aggregate(last=Max("position"))["last"]
             position = 0 if last is None else last + 1
-        question = Message.objects.create(conversation=conversation, position=position, role=Role.USER, content=inp.query)
+            parent_id = inp.parent_id
+            if not inp.branch:  # after the current leaf, as it is now
+                parent_id = (rows.values_list("current_leaf_id", flat=True).first()
+                             or conversation.messages.order_by("-position").values_list("pk", flat=True).first())
+        regenerate = inp.branch and parent_id is not None and Message.objects.filter(pk=parent_id, role=Role.USER).exists()
+        if regenerate:  # a new answer to the same question, a sibling of its other answers
+            question = Message(pk=parent_id)
+            position -= 1  # the answer takes `position + 1`, the next free one
+        else:
+            question = Message(conversation=conversation, parent_id=parent_id, position=position,
+                               role=Role.USER, content=inp.query)
+            question.explicit_root = parent_id is None
+            question.save()
         answer = Message.objects.create(
-            conversation=conversation, position=position + 1, role=Role.ASSISTANT,
-            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(),
+            conversation=conversation, parent_id=question.pk, position=position + 1, role=Role.ASSISTANT,
+            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(), history_truncated=truncated,
         )
+        Conversation.objects.filter(pk=conversation.pk).update(current_leaf=answer)
     return str(conversation.id), question.pk, answer.pk
 
 

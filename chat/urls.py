@@ -7,5 +7,8 @@ urlpatterns = [
     path("", include("chat.views.seed")),
     path("", include("chat.views.openai")),
     path("", include("chat.views.conversations")),
+    path("", include("chat.views.tree")),
+    path("", include("chat.views.search")),
+    path("", include("chat.views.shares")),
     path("", include("chat.views.accounts")),
 ]

@@ -13,6 +13,7 @@ set -euo pipefail
 MARKED=18.2.1
 DOMPURIFY=3.4.18
 HIGHLIGHT=11.12.0
+KATEX=0.19.1
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="$root/chat/static/chat/vendor"
@@ -20,14 +21,14 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 cd "$work"
-npm pack --silent "marked@$MARKED" "dompurify@$DOMPURIFY" "@highlightjs/cdn-assets@$HIGHLIGHT" >/dev/null
+npm pack --silent "marked@$MARKED" "dompurify@$DOMPURIFY" "@highlightjs/cdn-assets@$HIGHLIGHT" "katex@$KATEX" >/dev/null
 for tgz in *.tgz; do
   mkdir -p "x/${tgz%.tgz}"
   tar xzf "$tgz" -C "x/${tgz%.tgz}"
 done
 
 rm -rf "$dest"
-mkdir -p "$dest/marked" "$dest/dompurify" "$dest/highlight/styles"
+mkdir -p "$dest/marked" "$dest/dompurify" "$dest/highlight/styles" "$dest/katex"
 
 m="x/marked-$MARKED/package"
 cp "$m/lib/marked.esm.js" "$m/lib/marked.esm.js.map" "$m/LICENSE" "$dest/marked/"
@@ -39,11 +40,16 @@ h="x/highlightjs-cdn-assets-$HIGHLIGHT/package"
 cp "$h/es/highlight.min.js" "$h/LICENSE" "$dest/highlight/"
 cp "$h/styles/github.min.css" "$h/styles/github-dark.min.css" "$dest/highlight/styles/"
 
+# KaTeX renders to MathML only (the browser lays it out): no fonts, no CSS, no inline styles.
+k="x/katex-$KATEX/package"
+cp "$k/dist/katex.mjs" "$k/LICENSE" "$dest/katex/"
+
 {
   echo "# Written by scripts/vendor.sh; do not edit by hand."
   echo "marked $MARKED lib/marked.esm.js"
   echo "dompurify $DOMPURIFY dist/purify.es.mjs"
   echo "@highlightjs/cdn-assets $HIGHLIGHT es/highlight.min.js styles/github.min.css styles/github-dark.min.css"
+  echo "katex $KATEX dist/katex.mjs"
   echo
   echo "# sha256"
   (cd "$dest" && find . -type f ! -name VERSIONS.txt | LC_ALL=C sort | xargs sha256sum)

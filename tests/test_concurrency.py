@@ -43,9 +43,10 @@ def hammer(threads: int = THREADS, turns: int = TURNS) -> dict:
             start.wait()
             for i in range(turns):
                 try:
+                    inp = TurnInput(owner=owner, source="web", query=f"question {n}-{i}",
+                                    conversation_id=conversation.id if conversation else None)
                     if conversation is not None:
-                        conversation, history = saved_history(owner, conversation.id)
-                    inp = TurnInput(owner=owner, source="web", query=f"question {n}-{i}")
+                        conversation, history, inp = saved_history(inp)
                     conversation_id, _, answer_id = save_question(inp, conversation, history, "", "fake")
                     save_answer(answer_id, GenerationResult(text=f"answer {n}-{i}", finish_reason="stop",
                                                             completion_tokens=2, duration=0.01), inp.params)

@@ -181,7 +181,11 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
         if self.generation is not None:
             raise ChatError("This connection is already generating an answer: send 'stop' or wait for 'done'.",
                             status=409, code="generation_in_progress")
-        query = params.text(content, "query")
+        # `parent_id` (tree.py): the message the new question follows (null: the root), or a
+        # question whose answer is regenerated (then no `query`).
+        branch = "parent_id" in content
+        query = params.text(content, "query", required=not branch) or ""
+        parent_id = params.message_id(content.get("parent_id"), "parent_id") if branch else None
         conversation_id = params.conversation_id(content.get("conversation_id"))
         raw = content.get("params")
         if raw is not None and not isinstance(raw, dict):
@@ -193,6 +197,8 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
             params=params.generation_params(raw or {}, where="params."),
             conversation_id=conversation_id,
             store=settings.CHATGLM["STORE_API_TURNS"] or self.owner.is_person,
+            parent_id=parent_id,
+            branch=branch,
         )
         turn = await start_turn(inp)
         self.turn, self.request_id = turn, request_id
@@ -201,7 +207,8 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
             live.ensure_broadcast(turn)
             await self._follow(turn.conversation_id)  # this socket streams its own turn even if this fails
         await self.send_json({"type": "start", "request_id": request_id,
-                              "conversation_id": turn.conversation_id, "message_id": turn.message_id})
+                              "conversation_id": turn.conversation_id, "message_id": turn.message_id,
+                              "question_id": turn.user_message_id, "history_truncated": turn.history_truncated})
         self.generation = asyncio.create_task(self._stream(turn, request_id), name=f"ws-{turn.id}")
 
     async def do_stop(self, content: dict, request_id) -> None:

@@ -4,8 +4,10 @@ The echo is cut into tokens of 1 to 3 UTF-8 bytes (cycling), so multi-byte chara
 split across tokens and the answer goes through the same incremental detokenizer as a real
 model. `CHATGLM_FAKE_DELAY_MS` sets the time of a decode step (a fixed cadence: 50 ms is 20
 tokens/s per stream). A user message that contains `[[fake:error]]` makes the "model" raise
-halfway through, to test failures mid-stream. It decodes sequences in batches that new
-requests join between steps (continuous batching).
+halfway through, to test failures mid-stream; one that contains `[[fake:prompt]]` makes it
+answer with the whole prompt it received (each message as `role: content`, joined by ` | `),
+to test which history reaches the model. It decodes sequences in batches that new requests
+join between steps (continuous batching).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..base import Backend, Message, ModelInfo, Sequence
 from ..detokenize import IncrementalDetokenizer
 
 ERROR_TRIGGER = "[[fake:error]]"
+PROMPT_TRIGGER = "[[fake:prompt]]"
 
 
 def encode(text: str) -> list[int]:
@@ -66,6 +69,8 @@ class FakeBackend(Backend):
     @staticmethod
     def reply_to(messages: list[Message]) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        if PROMPT_TRIGGER in last_user:
+            return "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
         return f"You said: {last_user}"
 
     def generate(self, sequences: list[Sequence]) -> None:

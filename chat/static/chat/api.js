@@ -69,6 +69,12 @@ export const conversations = {
   get: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}`),
   update: (id, fields) => request("PATCH", `/api/conversations/${encodeURIComponent(id)}`, fields),
   remove: (id) => request("DELETE", `/api/conversations/${encodeURIComponent(id)}`),
+  switchBranch: (id, messageId) => request("POST", `/api/conversations/${encodeURIComponent(id)}/switch`, { message_id: messageId }),
+  search: (q) => request("GET", `/api/search?${new URLSearchParams({ q })}`),
+  shares: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}/shares`),
+  share: (id) => request("POST", `/api/conversations/${encodeURIComponent(id)}/shares`, {}),
+  revokeShare: (shareId) => request("DELETE", `/api/shares/${encodeURIComponent(shareId)}`),
+  context: (id) => request("GET", `/api/conversations/${encodeURIComponent(id)}/context`),
   exportUrl: (id, format = "md") => `/api/conversations/${encodeURIComponent(id)}/export?format=${format}`,
 };
 
@@ -431,6 +437,7 @@ export class ChatSocket {
     this.routes.set(rid.value, route);
     const frame = { type: "chat", query: payload.query, request_id: rid.value };
     if (payload.conversation_id) frame.conversation_id = payload.conversation_id;
+    if ("parent_id" in payload) frame.parent_id = payload.parent_id; // an edit or a regenerate (tree.js)
     if (payload.params && Object.keys(payload.params).length) frame.params = payload.params;
     if (!this.send(frame)) {
       this.routes.delete(rid.value);

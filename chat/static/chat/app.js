@@ -9,6 +9,8 @@
 
 import { ChatSocket, conversations as api, streamOverSSE } from "./api.js";
 import { StreamingMarkdown, copyWithFeedback, handleCopyClicks, renderInto } from "./render.js";
+import { ShareDialog } from "./share-dialog.js";
+import { currentPath, siblingsOf } from "./tree.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -64,6 +66,40 @@ const state = {
 };
 
 const socket = new ChatSocket();
+// The context meter: how much of the model's context the next request uses (GET .../context).
+const meter = {
+  bar: el("meter", { min: "0", max: "1", low: "0.6", high: "0.85", optimum: "0", "aria-label": "Context used" }),
+  text: el("span", { class: "context-text" }),
+};
+meter.node = el("div", { class: "context-meter", id: "context-meter", hidden: true }, meter.bar, meter.text);
+els.composer.querySelector(".hint")?.before(meter.node);
+
+async function updateContext(id) {
+  if (!id) {
+    meter.node.hidden = true;
+    return;
+  }
+  try {
+    const usage = await api.context(id);
+    if (state.conversationId !== id) return;
+    const share = usage.context_length ? usage.prompt_tokens / usage.context_length : 0;
+    const full = usage.context_length && (usage.prompt_tokens + usage.answer_room) / usage.context_length > 0.8;
+    meter.bar.value = Math.min(1, share);
+    let text = `Context: ${usage.prompt_tokens.toLocaleString()} of ${usage.context_length.toLocaleString()} tokens (${Math.round(share * 100)}%)`;
+    if (usage.history_truncated) {
+      const turns = usage.history_truncated === 1 ? "1 earlier turn" : `${usage.history_truncated} earlier turns`;
+      text += ` · ${turns} will not be sent to the model`;
+    } else if (full) {
+      text += " · nearly full: the oldest turns will soon be left out";
+    }
+    meter.text.textContent = text;
+    meter.node.classList.toggle("warn", Boolean(usage.history_truncated) || Boolean(full));
+    meter.node.hidden = false;
+  } catch {
+    meter.node.hidden = true; // no model loaded yet, or an old server: no meter
+  }
+}
+
 let visitorSocketRenewed = false;
 
 // ---------------------------------------------------------------------------------------
@@ -137,10 +173,110 @@ function formatStats({ ttft, tps, tokens }) {
 // ---------------------------------------------------------------------------------------
 // Messages
 
-function userMessage(text) {
+function userMessage(text, message = null, siblings = null) {
   const bubble = el("div", { class: "bubble" });
   bubble.textContent = text; // a person's words are text, never HTML
-  return el("div", { class: "msg user" }, bubble);
+  const node = el("div", { class: "msg user" }, bubble);
+  if (message) {
+    node.dataset.messageId = message.id;
+    node.append(el("div", { class: "user-actions" }, versionNav(message, siblings),
+      iconButton("edit", "Edit question", () => startEdit(node, message), "edit-question")));
+  }
+  return node;
+}
+
+/** '‹ 2/3 ›' between the versions of a message (edited questions, regenerated answers). */
+function versionNav(message, siblings) {
+  if (!siblings || siblings.length < 2) return null;
+  const index = siblings.findIndex((m) => m.id === message.id);
+  const button = (cls, label, text, target) =>
+    el("button", { type: "button", class: `icon-btn small ${cls}`, "aria-label": label, title: label, text,
+      disabled: !target, onclick: () => switchTo(target.id) });
+  return el("span", { class: "versions", role: "group", "aria-label": "Versions" },
+    button("version-prev", "Previous version", "‹", siblings[index - 1]),
+    el("span", { class: "version-count", text: `${index + 1}/${siblings.length}` }),
+    button("version-next", "Next version", "›", siblings[index + 1]));
+}
+
+/** Scroll to a message (a search hit), switching to its branch first if it is on another. */
+async function showMessage(id, conversation, messageId) {
+  if (!(conversation.current_path || []).includes(messageId)) {
+    try {
+      conversation = await api.switchBranch(id, messageId);
+    } catch {
+      return null;
+    }
+    if (state.live || state.conversationId !== id) return null;
+    state.conversation = conversation;
+    renderConversation(conversation);
+  }
+  const node = els.messages.querySelector(`[data-message-id="${messageId}"]`);
+  if (node) {
+    state.stick = false;
+    node.scrollIntoView({ block: "center" });
+    node.classList.add("found");
+    setTimeout(() => node.classList.remove("found"), 2500);
+  }
+  return null;
+}
+
+/** Show another version: the server makes its branch current (so a reload shows it too). */
+async function switchTo(messageId) {
+  const id = state.conversationId;
+  if (state.live || !id) return;
+  try {
+    const conversation = await api.switchBranch(id, messageId);
+    if (state.live || state.conversationId !== id) return;
+    state.conversation = conversation;
+    renderConversation(conversation, { scroll: false });
+    updateContext(id);
+  } catch (error) {
+    toast(`Could not switch versions: ${error.message}`);
+  }
+}
+
+/** Edit a question in place; sending it asks it as a sibling (the old branch is kept). */
+function startEdit(node, message) {
+  if (state.live || node.querySelector(".edit-form")) return;
+  const area = el("textarea", { class: "edit-box", "aria-label": "Edit your question", rows: "3" });
+  area.value = message.content;
+  const close = () => {
+    form.remove();
+    node.classList.remove("editing");
+  };
+  const form = el("form", { class: "edit-form" }, area,
+    el("div", { class: "edit-buttons" },
+      el("button", { type: "button", class: "btn small edit-cancel", text: "Cancel", onclick: close }),
+      el("button", { type: "submit", class: "btn small primary edit-send", text: "Send" })));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = area.value.trim();
+    if (!text || state.live) return;
+    close();
+    ask(text, { parentId: message.parent_id ?? null, from: node });
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") close();
+    else if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  node.classList.add("editing");
+  node.append(form);
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+}
+
+/** A new answer to the same question, kept beside the others ('‹ 1/2 ›'). */
+function regenerate(view) {
+  if (state.live) return;
+  const questionId = view.message?.parent_id;
+  if (questionId == null || !state.conversationId) {
+    reask(view.question); // an answer not saved yet: ask again
+    return;
+  }
+  ask(view.question, { parentId: questionId, from: view.node, regenerate: true });
 }
 
 const FINISH_NOTES = {
@@ -151,23 +287,25 @@ const FINISH_NOTES = {
 
 /** One answer: its Markdown body, a status line, a notice when it failed, stats and actions. */
 class AnswerView {
-  constructor(question) {
+  constructor(question, message = null, siblings = null) {
     this.question = question;
+    this.message = message;
     this.text = "";
     this.status = el("div", { class: "status", hidden: true }, el("span", { class: "dots", "aria-hidden": "true" }, el("i"), el("i"), el("i")), el("span", { class: "status-text" }));
     this.body = el("div", { class: "md" });
     this.notice = el("div", { class: "notice", hidden: true });
     this.stats = el("span", { class: "stats" });
     this.copyButton = iconButton("copy", "Copy answer", () => copyWithFeedback(this.copyButton, this.text), "copy-answer");
-    this.regenerateButton = iconButton("retry", "Regenerate answer", () => reask(this.question), "regenerate");
-    this.retryButton = el("button", { type: "button", class: "btn small retry", "aria-label": "Retry this question", onclick: () => reask(this.question) }, icon("retry"), el("span", { text: "Retry" }));
-    this.actions = el("div", { class: "actions" }, this.copyButton, this.regenerateButton);
+    this.regenerateButton = iconButton("retry", "Regenerate answer", () => regenerate(this), "regenerate");
+    this.retryButton = el("button", { type: "button", class: "btn small retry", "aria-label": "Retry this question", onclick: () => regenerate(this) }, icon("retry"), el("span", { text: "Retry" }));
+    this.actions = el("div", { class: "actions" }, versionNav(message, siblings), this.copyButton, this.regenerateButton);
     this.node = el(
       "article",
       { class: "msg assistant", "aria-label": "Answer" },
       el("div", { class: "avatar", "aria-hidden": "true", text: "G" }),
       el("div", { class: "content" }, this.status, this.body, this.notice, el("div", { class: "footer" }, this.stats, this.actions)),
     );
+    if (message) this.node.dataset.messageId = message.id;
     this.markdown = new StreamingMarkdown(this.body, { onPaint: followAnswer });
     this.setState("done");
   }
@@ -181,6 +319,13 @@ class AnswerView {
     this.status.hidden = !text;
     this.status.querySelector(".status-text").textContent = text || "";
     followAnswer();
+  }
+
+  /** The server left the oldest turns out of this answer's prompt: they no longer fit. */
+  truncated(count) {
+    if (!count || this.node.querySelector(".truncated")) return;
+    const turns = count === 1 ? "1 earlier turn was" : `${count} earlier turns were`;
+    this.body.before(el("p", { class: "truncated", text: `${turns} left out of this answer: the conversation no longer fits the model's context.` }));
   }
 
   waiting(text = "Thinking…") {
@@ -232,6 +377,7 @@ function appendMessage(node) {
 
 /** Only the last answer offers "regenerate"; nothing does while an answer streams. */
 function refreshActions() {
+  els.messages.classList.toggle("live", Boolean(state.live)); // no edits or version switches meanwhile
   const answers = els.messages.querySelectorAll(".msg.assistant");
   answers.forEach((node, index) => {
     const button = node.querySelector(".regenerate");
@@ -249,17 +395,21 @@ function savedStats(message) {
   return stats.ttft == null && stats.tps == null && !stats.tokens ? null : stats;
 }
 
-function renderConversation(conversation) {
+/** Show the conversation's current path; `scroll: false` keeps the reader's place. */
+function renderConversation(conversation, { scroll = true } = {}) {
+  const scrollTop = els.scroller.scrollTop;
   clearMessages();
   let question = "";
   let pending = null;
-  const messages = conversation.messages || [];
+  const messages = currentPath(conversation);
+  const siblings = siblingsOf(conversation);
   messages.forEach((message, index) => {
     if (message.role === "user") {
       question = message.content;
-      appendMessage(userMessage(message.content));
+      appendMessage(userMessage(message.content, message, siblings.get(message.id)));
     } else if (message.role === "assistant") {
-      const view = new AnswerView(question);
+      const view = new AnswerView(question, message, siblings.get(message.id));
+      view.truncated(message.history_truncated);
       appendMessage(view.node);
       const last = index === messages.length - 1;
       if (!message.finish_reason && conversation.generating && last) {
@@ -283,8 +433,12 @@ function renderConversation(conversation) {
     appendMessage(pending.node);
   }
   refreshActions();
-  state.stick = true;
-  scrollToBottom();
+  if (scroll) {
+    state.stick = true;
+    scrollToBottom();
+  } else {
+    els.scroller.scrollTop = scrollTop;
+  }
   return pending;
 }
 
@@ -352,6 +506,8 @@ function setUrl(id) {
 }
 
 function setTitle(title) {
+  const share = $("share-open"); // made further down, with the share dialog
+  if (share) share.hidden = !state.conversationId;
   els.title.textContent = title || "New chat";
   document.title = title ? `${title} · ChatGLM` : "ChatGLM";
 }
@@ -405,14 +561,33 @@ function renderList() {
   markActive();
 }
 
+/** Text with the [start, end) part in a <mark>: built from text nodes, never HTML. */
+function highlighted(text, span) {
+  const node = el("span", { class: "snippet" });
+  if (!span) {
+    node.textContent = text;
+    return node;
+  }
+  node.append(text.slice(0, span[0]), el("mark", { text: text.slice(span[0], span[1]) }), text.slice(span[1]));
+  return node;
+}
+
 function listItem(item) {
   const title = item.title || "Untitled";
   const link = el("a", { class: "conversation-link", href: `#${item.id}`, title }, el("span", { class: "conversation-title", text: title }));
+  if (item.snippet !== undefined) {
+    // A search hit: the title or the message that matched, highlighted.
+    link.replaceChildren(item.message_id ? el("span", { class: "conversation-title", text: title }) : highlighted(title, item.highlight));
+    if (item.message_id) link.append(highlighted(item.snippet, item.highlight));
+    link.classList.add("search-hit");
+  }
   link.addEventListener("click", (event) => {
     if (event.ctrlKey || event.metaKey || event.shiftKey) return;
     event.preventDefault();
     if (MOBILE.matches) closeSidebar();
-    navigateTo(item.id);
+    if (item.message_id) state.openAt = { id: item.id, messageId: item.message_id };
+    if (item.message_id && item.id === state.conversationId) openConversation(item.id);
+    else navigateTo(item.id);
   });
   const li = el(
     "li",
@@ -442,9 +617,11 @@ async function loadList({ reset = true } = {}) {
   list.loading = true;
   if (reset && !list.items.length) els.listStatus.textContent = "Loading…";
   try {
-    const data = await api.list({ page, q });
+    // A search looks in titles and message text (GET /api/search): one page of best hits.
+    const data = q ? await api.search(q) : await api.list({ page, q });
     if (q !== state.list.q) return; // a newer search is on its way
-    list.items = reset ? data.conversations : list.items.concat(data.conversations);
+    const rows = q ? data.results : data.conversations;
+    list.items = reset ? rows : list.items.concat(rows);
     list.page = data.page || page;
     list.hasNext = Boolean(data.has_next);
     list.loading = false;
@@ -569,6 +746,7 @@ function newChat({ focus = true } = {}) {
   state.draft = { system_prompt: "", settings: {} };
   socket.follow(null);
   clearMessages();
+  updateContext(null);
   setTitle("");
   setUrl(null);
   remember(null);
@@ -609,7 +787,11 @@ async function openConversation(id) {
   setTitle(conversation.title);
   setUrl(id);
   remember(id);
-  const pending = renderConversation(conversation);
+  let pending = renderConversation(conversation);
+  updateContext(id);
+  const target = state.openAt?.id === id ? state.openAt.messageId : null;
+  state.openAt = null;
+  if (target && !pending) pending = await showMessage(id, conversation, target);
   if (pending) reattach(pending, id);
   else socket.follow(id); // idle: answers asked elsewhere (another tab) in it show up here
 }
@@ -697,6 +879,7 @@ function liveHandlers(live) {
         adopt(frame.conversation_id, { title: titleFrom(live.view.question) });
         bumpInList(frame.conversation_id, titleFrom(live.view.question));
       }
+      live.view.truncated(frame.history_truncated); // saved with the answer too
       if (live.view.state === "waiting") live.view.setStatus("Thinking…");
     },
     onDelta(response) {
@@ -740,7 +923,22 @@ function complete(live, frame) {
   if (frame.conversation_id) adopt(frame.conversation_id);
   announce(reason === "cancelled" ? "Generation stopped." : reason === "length" ? "Answer complete (maximum length reached)." : "Answer complete.");
   if (live.reattached && live.conversationId) refreshSavedStats(live.conversationId, live.view);
+  if (live.conversationId) syncTree(live.conversationId);
+  if ($("share-open")) $("share-open").hidden = !state.conversationId;
   refreshListSoon();
+}
+
+/** After an answer ends, redraw from the server: ids, versions ('‹ 1/2 ›') and saved stats. */
+async function syncTree(id) {
+  try {
+    const conversation = await api.get(id);
+    if (state.live || state.conversationId !== id || conversation.generating) return;
+    state.conversation = { ...state.conversation, ...conversation };
+    renderConversation(conversation, { scroll: state.stick });
+  } catch {
+    /* the page keeps what it shows */
+  }
+  updateContext(id);
 }
 
 function fail(live, error) {
@@ -765,12 +963,22 @@ async function refreshSavedStats(id, view) {
   }
 }
 
-async function ask(question) {
+/**
+ * Ask `question`. `branch` (tree.js): {parentId, from, regenerate} asks it under another parent
+ * (an edited question) or answers the question again (regenerate); the replaced message and
+ * what followed it leave the screen (they stay on the server, one '‹ ›' away).
+ */
+async function ask(question, branch = null) {
   if (state.live) return;
   const live = { startedAt: performance.now(), firstTokenAt: null, conversationId: state.conversationId };
   state.live = live; // claim the slot at once: a second Enter does nothing
   setBusy(true);
-  appendMessage(userMessage(question));
+  for (let node = branch?.from; node; ) {
+    const next = node.nextElementSibling;
+    node.remove();
+    node = next;
+  }
+  if (!branch?.regenerate) appendMessage(userMessage(question));
   const view = new AnswerView(question);
   live.view = view;
   appendMessage(view.node);
@@ -813,6 +1021,14 @@ async function ask(question) {
   showConnection(transport);
   live.transport = transport;
   const payload = { query: question, conversation_id: live.conversationId, params: generationParams() };
+  if (branch) {
+    payload.parent_id = branch.parentId;
+    if (branch.regenerate) delete payload.query;
+    if (transport !== "websocket") {
+      fail(live, { message: "Editing and regenerating need the live connection; try again in a moment." });
+      return;
+    }
+  }
   const handlers = liveHandlers(live);
   if (transport === "websocket") {
     const onError = handlers.onError;
@@ -911,6 +1127,16 @@ els.prompt.addEventListener("compositionend", () => {
 });
 
 els.prompt.addEventListener("keydown", (event) => {
+  if (event.key === "ArrowUp" && !els.prompt.value && !state.live && !event.isComposing) {
+    // ↑ in an empty box edits the last question, as in other chat apps.
+    const last = [...els.messages.querySelectorAll(".msg.user")].at(-1);
+    const message = last && currentPath(state.conversation || {}).find((m) => String(m.id) === last.dataset.messageId);
+    if (message) {
+      event.preventDefault();
+      startEdit(last, message);
+    }
+    return;
+  }
   if (event.key !== "Enter") return;
   if (event.isComposing || event.keyCode === 229 || composing) return; // an IME is confirming text
   if (event.shiftKey || event.altKey) return; // a new line
@@ -1001,6 +1227,11 @@ for (const [input, output] of [[els.temperature, els.temperatureOut], [els.topP,
   });
 }
 
+const shareDialog = new ShareDialog({ conversationId: () => state.conversationId, toast });
+const shareButton = el("button", { type: "button", class: "btn small share-open", id: "share-open", text: "Share",
+  hidden: true, onclick: () => shareDialog.open() });
+els.newChatTop.before(shareButton);
+
 els.openSettings.addEventListener("click", () => {
   fillSettings();
   els.settings.showModal();
@@ -1082,6 +1313,15 @@ els.scrim.addEventListener("click", closeSidebar);
 MOBILE.addEventListener("change", syncSidebarState);
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && MOBILE.matches && sidebarOpen() && !els.settings.open) closeSidebar();
+  else if (event.key === "Escape" && state.live && !els.settings.open && !event.target.closest?.(".edit-form")) {
+    stopGenerating(); // Esc stops the answer being written
+  }
+  if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === "k") {
+    event.preventDefault(); // Ctrl/Cmd+K: search conversations
+    if (MOBILE.matches && !sidebarOpen()) openSidebar();
+    els.search.focus();
+    els.search.select();
+  }
 });
 els.newChat.addEventListener("click", () => newChat());
 els.newChatTop.addEventListener("click", () => newChat());

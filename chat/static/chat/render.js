@@ -10,6 +10,7 @@
 import { Marked } from "marked";
 import createDOMPurify from "dompurify";
 import hljs from "highlight.js";
+import katex from "katex";
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 export const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
@@ -26,12 +27,13 @@ purify.addHook("afterSanitizeAttributes", (node) => {
 });
 
 const PURIFY_CONFIG = {
-  USE_PROFILES: { html: true },
+  // MathML for KaTeX's output (below): raw HTML from a model never gets here (it is escaped).
+  USE_PROFILES: { html: true, mathMl: true },
   // No images, media, frames, forms, styles or scripts from a model, ever.
   FORBID_TAGS: [
     "img", "picture", "source", "video", "audio", "track", "iframe", "frame", "object", "embed",
     "form", "input", "button", "textarea", "select", "option", "style", "link", "meta", "base",
-    "svg", "math", "script", "template", "dialog",
+    "svg", "script", "template", "dialog",
   ],
   FORBID_ATTR: ["src", "srcset", "style", "background", "poster", "formaction", "action", "xlink:href"],
   ADD_ATTR: ["target"],
@@ -56,8 +58,46 @@ function highlight(code, lang, final) {
   return { html: escapeHtml(code), language };
 }
 
+/** TeX to MathML with KaTeX (no inline styles, no fonts: the browser lays MathML out). The
+ * result still goes through `sanitize()` with the rest of the answer. */
+function math(tex, display) {
+  try {
+    return katex.renderToString(tex, { output: "mathml", displayMode: display, throwOnError: false, trust: false, maxSize: 50, maxExpand: 1000 });
+  } catch {
+    return `<code>${escapeHtml(tex)}</code>`;
+  }
+}
+
+// $$…$$ and \[…\] as blocks; $…$ and \(…\) inline. "$5 and $10" stays text: an inline
+// dollar pair must hug its content and not be followed by a digit.
+const MATH_EXTENSIONS = [
+  {
+    name: "mathBlock",
+    level: "block",
+    start: (src) => src.match(/\$\$|\\\[/)?.index,
+    tokenizer(src) {
+      const m = /^(?:\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\])[ \t]*(?:\n|$)/.exec(src);
+      if (m) return { type: "mathBlock", raw: m[0], text: (m[1] ?? m[2]).trim() };
+      return undefined;
+    },
+    renderer: (token) => `<p class="math-block">${math(token.text, true)}</p>\n`,
+  },
+  {
+    name: "mathInline",
+    level: "inline",
+    start: (src) => src.match(/\$|\\\(/)?.index,
+    tokenizer(src) {
+      const m = /^(?:\$\$([^$]+?)\$\$|\$(?!\s)([^$\n]+?)(?<!\s)\$(?!\d)|\\\(([\s\S]+?)\\\))/.exec(src);
+      if (m) return { type: "mathInline", raw: m[0], text: m[1] ?? m[2] ?? m[3], display: m[1] !== undefined };
+      return undefined;
+    },
+    renderer: (token) => math(token.text, token.display),
+  },
+];
+
 function markedFor(final) {
   return new Marked({
+    extensions: MATH_EXTENSIONS,
     gfm: true,
     breaks: false,
     renderer: {

@@ -1,0 +1,66 @@
+"""Conversations as trees of messages: the current path, siblings, and where a branch ends.
+
+Each message has a parent (null at the root). Editing a question adds a sibling question (same
+parent) with its own answer; regenerating adds a sibling answer (same question). The model is
+sent the path from the root to the chosen leaf only, never an abandoned branch. These functions
+work on a conversation's messages loaded once (tens of rows), not one query per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .models import Conversation, Message, Role
+
+
+def by_id(messages: Iterable[Message]) -> dict[int, Message]:
+    return {m.pk: m for m in messages}
+
+
+def leaf_id(conversation: Conversation, messages: dict[int, Message]) -> int | None:
+    """The conversation's current leaf; the newest message if none is recorded (or it is gone)."""
+    if conversation.current_leaf_id in messages:
+        return conversation.current_leaf_id
+    return max(messages, key=lambda pk: messages[pk].position, default=None)
+
+
+def path_to(messages: dict[int, Message], leaf: int | None) -> list[Message]:
+    """The messages from the root down to `leaf` (inclusive), in order."""
+    path, seen = [], set()
+    while leaf is not None and leaf in messages and leaf not in seen:
+        seen.add(leaf)
+        path.append(messages[leaf])
+        leaf = messages[leaf].parent_id
+    path.reverse()
+    return path
+
+
+def current_path(conversation: Conversation, messages: Iterable[Message] | None = None) -> list[Message]:
+    rows = by_id(messages if messages is not None else conversation.messages.all())
+    return path_to(rows, leaf_id(conversation, rows))
+
+
+def deepest(messages: dict[int, Message], start: int) -> int:
+    """The leaf reached from `start` by always taking the newest child: switching to a sibling
+    shows that branch as it was last extended."""
+    children: dict[int, list[Message]] = {}
+    for message in messages.values():
+        if message.parent_id is not None:
+            children.setdefault(message.parent_id, []).append(message)
+    node = start
+    while children.get(node):
+        node = max(children[node], key=lambda m: m.position).pk
+    return node
+
+
+def pairs(path: Iterable[Message]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a path; unanswered questions and empty answers are left out."""
+    result, question = [], None
+    for message in path:
+        if message.role == Role.USER:
+            question = message.content
+        elif message.role == Role.ASSISTANT and question is not None:
+            if message.content:
+                result.append((question, message.content))
+            question = None
+    return result

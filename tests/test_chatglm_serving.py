@@ -1,5 +1,7 @@
-"""Each ChatGLM fixture checkpoint served with `serve --model <dir>` and no other flag, through
-/stream, /v1/chat/completions and the WebSocket: the reference's answers, in whole characters."""
+"""Each ChatGLM fixture checkpoint served with `serve --model <dir>` and no other flag (the native
+backend), and ChatGLM2/3 also with `--backend llamacpp` (converted to GGUF once, then served by
+llama.cpp), through /stream, /v1/chat/completions and the WebSocket: the reference's answers,
+in whole characters."""
 
 from __future__ import annotations
 
@@ -25,12 +27,18 @@ def pick_cases(family: str) -> list[dict]:
     return [with_history, eos]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_fixture_served_by_every_protocol(family, server_factory):
+SERVED = [(family, "chatglm") for family in FAMILIES] + [("v2", "llamacpp"), ("v3", "llamacpp")]
+
+
+@pytest.mark.parametrize(("family", "backend"), SERVED)
+def test_fixture_served_by_every_protocol(family, backend, server_factory, tmp_path):
     require_fixtures()
-    server = server_factory.start(model=str(checkpoint(family)))
+    args = ("--backend", "llamacpp") if backend == "llamacpp" else ()
+    # A cache of the test's own: the conversion runs here, from the unchanged checkpoint.
+    server = server_factory.start(model=str(checkpoint(family)), args=args,
+                                  env={"CHATGLM_CACHE_DIR": str(tmp_path / "models"), "CHATGLM_MAX_BATCH": "2"})
     health = httpx.get(f"{server.url}/healthz").json()
-    assert health["backend"] == "chatglm" and health["model"] == checkpoint(family).name
+    assert health["backend"] == backend and health["model"] == checkpoint(family).name
 
     for case in pick_cases(family):
         expected = expected_response(case)

@@ -127,6 +127,7 @@ class LlamaCppBackend(Backend):
         self._counts: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._counts_lock = threading.Lock()
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
+        self.chatglm_family: str | None = None  # "v2"/"v3" for a converted ChatGLM checkpoint
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -144,6 +145,7 @@ class LlamaCppBackend(Backend):
             gguf = ensure_gguf(path, self.config.cache_dir, self.config.quantize)
             self.model_id, self.source = path.resolve().name, f"{gguf} (converted from {path})"
             self.sampling_defaults = {**self.sampling_defaults, **_checkpoint_sampling(path)}
+            self.chatglm_family = _chatglm_family(path)
             return gguf
         if path.suffix != ".gguf":
             raise ConfigError(f"the llamacpp backend serves a .gguf file or a checkpoint directory, not {path}")
@@ -178,6 +180,12 @@ class LlamaCppBackend(Backend):
         params.ui = False
         params.endpoint_metrics = True
         params.verbosity = 0  # llama.cpp's own warnings and errors only
+        if self.chatglm_family:
+            # The reference's answers, id for id: llama.cpp's CPU flash attention rounds queries
+            # to F16 and its default KV cache is F16, which moved logits by ~1e-2 and changed a
+            # low-margin greedy answer of the golden fixtures (docs/conversion.md).
+            params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
         self.server = xllamacpp.Server(params)
         atexit.register(self.close)  # end llama.cpp's threads before the interpreter goes away
         self._http = httpx.Client(
@@ -283,10 +291,11 @@ class LlamaCppBackend(Backend):
             seq.finish("length")
             return
         seq.begin(prompt_tokens, None, budget)
-        stream = _Stream(seq)
+        stream = _Stream(seq, self._text_stages())
         self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
         if seq.finished:  # stop string, budget or cancellation, seen by the Sequence
             return
+        stream.flush()
         if stream.failure is not None:
             raise stream.failure
         if stream.error is not None:
@@ -298,6 +307,15 @@ class LlamaCppBackend(Backend):
             seq.finish("cancelled")
         else:
             seq.finish("length" if stream.reason == "length" else "stop")
+
+    def _text_stages(self) -> list:
+        """A ChatGLM checkpoint's answer post-processing (the reference's `process_response`),
+        as streaming stages that never rewrite text already sent; none for other models."""
+        if self.chatglm_family is None:
+            return []
+        from ..models.chatglm_tokenizer import response_stages
+
+        return response_stages(self.chatglm_family)
 
     def _body(self, seq: Sequence, budget: int) -> dict:
         """One request for llama.cpp's /v1/chat/completions: every sampling parameter explicit,
@@ -328,8 +346,9 @@ class _Stream:
     """Feeds one llama.cpp stream into a Sequence, from llama.cpp's callback. Never raises into
     llama.cpp: a failure is kept and re-raised on the sequence's thread."""
 
-    def __init__(self, seq: Sequence):
+    def __init__(self, seq: Sequence, stages: list):
         self.seq = seq
+        self.stages = stages
         self.counted = 0  # tokens already pushed
         self.reason: str | None = None
         self.usage: dict | None = None
@@ -356,6 +375,9 @@ class _Stream:
                 if text:
                     generated = timings.get("predicted_n", self.counted + 1)
                     tokens, self.counted = generated - self.counted, generated
+                    # The answer's last token (the Sequence ends it on its budget): the stages
+                    # give up what they hold now, or it would be lost.
+                    text = self._staged(text, last=seq.completion_tokens + tokens >= seq.max_new_tokens)
                     if not seq.push_text(text, tokens):
                         return True
                 self.reason = choice.get("finish_reason") or self.reason
@@ -363,6 +385,31 @@ class _Stream:
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             self.failure = exc
             return True
+
+
+    def _staged(self, text: str, last: bool) -> str:
+        for stage in self.stages:
+            text = stage.feed(text) + (stage.flush() if last else "")
+        return text
+
+    def flush(self) -> None:
+        """The text the stages held back, at the natural end of the answer."""
+        text = self._staged("", last=True)
+        if text:
+            self.seq.push_text(text, 0)
+
+
+def _chatglm_family(directory: Path) -> str | None:
+    """"v2"/"v3" for a ChatGLM2/3 checkpoint (GLM-4 has no post-processing), else None."""
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if raw.get("model_type") != "chatglm" or "padded_vocab_size" not in raw:
+        return None
+    from ..models.loading import detect_family
+
+    return detect_family(directory, raw)
 
 
 def _checkpoint_sampling(directory: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Does decoding on the engine's own thread cost speed? (PITFALLS: torch on a second thread.)
+"""Does decoding on the engine's own thread cost speed? (docs/pitfalls.md#torch-threads)
 
 The engine runs every torch call on one dedicated thread, because Daphne's event loop owns
 the main thread. This measures the embedded SmolLM2's greedy decode loop (KV cache, batch 1)

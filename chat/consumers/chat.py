@@ -1,7 +1,7 @@
 """The chat WebSocket (`/ws/chat/`): a thin adapter over `turns`, like the SSE views.
 
 `receive_json` only dispatches. Each generation runs in its own task, so `stop` and the
-socket's own disconnect are seen while it streams (PITFALLS #9). Errors are ChatError
+socket's own disconnect are seen while it streams (docs/pitfalls.md#consumer-task). Errors are ChatError
 turned into `error` frames; the socket stays open except for abuse (a frame flood: 4429)
 and a bad API key (4401). docs/websocket.md describes the protocol.
 

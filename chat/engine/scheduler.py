@@ -1,7 +1,7 @@
 """Where the generation thread meets asyncio: admission queue, batching, cancellation.
 
 One engine thread owns the model: it loads it, warms it up and runs every generation, so
-torch never runs on two threads at once (PITFALLS.md: torch on a second thread halves its
+torch never runs on two threads at once (docs/pitfalls.md#torch-threads: torch on a second thread halves its
 speed, and OpenMP teams on two threads fight over two cores). Async callers submit a
 request and read its events from an `asyncio.Queue` that the engine thread feeds with
 `loop.call_soon_threadsafe` (about 4 µs an item, against 90 µs for `sync_to_async`), one call

@@ -141,7 +141,7 @@ async def completions(request):
 
 
 async def _stream_body(turn, shape):
-    """Chunks as OpenAI sends them; never raises (PITFALLS #3); a disconnect cancels the turn."""
+    """Chunks as OpenAI sends them; never raises (docs/pitfalls.md#sse-never-raise); a disconnect cancels the turn."""
     try:
         first = shape.first()
         if first is not None:
@@ -159,7 +159,7 @@ async def _stream_body(turn, shape):
                 if shape.include_usage:
                     yield sse.event(None, shape.usage_chunk(event.result.usage()))
                 yield sse.event(None, "[DONE]")
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
         yield sse.event(None, {"error": unexpected_error(exc, "completion stream").as_dict()})
     finally:
         turn.cancel()  # a client that disconnects stops its generation at the next decode step
@@ -231,7 +231,7 @@ async def _response_events(turn, shape: ResponseShapes):
                     return
                 for name, data in shape.closing(event.result.text, event.result.finish_reason, event.result.usage()):
                     yield sse.event(name, data)
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
         yield sse.event(*shape.failed(unexpected_error(exc, "response stream").as_dict()))
     finally:
         turn.cancel()

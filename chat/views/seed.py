@@ -122,7 +122,7 @@ async def _stream_body(seed: SeedTurn, turn):
                     yield sse.event("error", {**SEED_ENVELOPE, "error": generation_failed(turn, event).as_dict()})
                 else:
                     yield sse.event("delta", {"delta": "", **final_fields(seed, turn, event), "finished": True})
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
         yield sse.event("error", {**SEED_ENVELOPE, "error": unexpected_error(exc, "stream").as_dict()})
     finally:
         turn.cancel()  # a client that disconnects stops its generation at the next decode step

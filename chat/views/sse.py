@@ -1,8 +1,8 @@
 """Server-Sent Events plumbing shared by /stream and /v1/chat/completions.
 
 The body of a StreamingHttpResponse must be an async generator (a sync one is buffered
-whole under ASGI, PITFALLS #1) and must never raise once it has started: under Daphne an
-exception there hangs the client and kills Daphne's application checker (PITFALLS #3). So
+whole under ASGI, docs/pitfalls.md#sse-async) and must never raise once it has started: under Daphne an
+exception there hangs the client and kills Daphne's application checker (docs/pitfalls.md#sse-never-raise). So
 every stream body catches everything, reports it as an event and ends normally.
 """
 

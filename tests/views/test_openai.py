@@ -367,7 +367,7 @@ async def test_disconnect_cancels_the_generation(engine_env, async_client):
     stream = r.streaming_content.__aiter__()
     assert b'"role":"assistant"' in await stream.__anext__()
     assert b'"content":"' in await stream.__anext__()
-    # The client goes away: Django cancels the task that reads the body (PITFALLS #2).
+    # The client goes away: Django cancels the task that reads the body (docs/pitfalls.md#sse-cancel).
     while True:
         reader = asyncio.ensure_future(stream.__anext__())
         await asyncio.sleep(0)  # the reader now waits for the next chunk, or already has it

@@ -295,7 +295,7 @@ async def test_concurrent_streams_do_not_mix(engine_env, async_client):
 async def test_api_keys(engine, settings):
     settings.CHATGLM = {**settings.CHATGLM, "API_KEYS": ["ci:sk-right"]}
     assert (await post(AsyncClient(), "/chat", {"query": "q"})).status_code == 401
-    # Headers go per request: AsyncClient(headers=...) did not send them here (PITFALLS #14's kin).
+    # Headers go per request: AsyncClient(headers=...) did not send them here (docs/pitfalls.md#test-headers).
     wrong = {"Authorization": "Bearer sk-wrong"}
     assert (await post(AsyncClient(), "/stream", {"query": "q"}, headers=wrong)).status_code == 401
     body = (await post(AsyncClient(), "/chat", {"query": "q"}, headers={"Authorization": "Bearer sk-right"})).json()

@@ -1,4 +1,4 @@
-"""ChatGLM networks, written from the architecture notes of the fixtures' README (section 4).
+"""ChatGLM networks, written from the architecture notes of tests/fixtures/chatglm/README.md (section 4).
 
 * `ChatGLMv1`: ChatGLM-6B's GLM block (2-D rotary with float16-rounded frequencies, a
   prefix-LM mask, residuals on the *normalised* input scaled by sqrt(56), tanh GeLU).

@@ -2,7 +2,7 @@
 
 Built on the `sentencepiece` model file of the checkpoint; nothing from the checkpoint is
 executed. The rules (pre-processing, code-added special ids, decode clean-up, prompt
-formats) follow the reference remote code, as written down in the fixtures' README.
+formats) follow the reference remote code, as written down in tests/fixtures/chatglm/README.md.
 
 One deliberate difference from the reference: user text is always encoded as text. The
 reference v1 tokenizer (through transformers) cuts `<sop>`, `<eop>`, `[MASK]`... out of

@@ -79,7 +79,7 @@ export const conversations = {
 };
 
 // ---------------------------------------------------------------------------------------
-// SSE over POST (/stream): fetch + ReadableStream, parsed by hand (PITFALLS #11).
+// SSE over POST (/stream): fetch + ReadableStream, parsed by hand (docs/pitfalls.md#sse-over-post).
 
 /** Split an SSE byte stream into {event, data} records and comments. */
 export function sseParser(onRecord, onComment) {

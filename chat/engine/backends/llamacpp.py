@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 
+from ..control_tokens import ControlTokens
 from ..base import Backend, Message, ModelInfo, Sequence
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
 
@@ -59,10 +60,14 @@ _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 1
 _STRING, _ARRAY = 8, 9
 
 
-def gguf_context_length(path: Path) -> int:
-    """The model's trained context (`<arch>.context_length`) from a GGUF header. Hand-read
-    because gguf's GGUFReader parses every tensor and vocabulary entry first (seconds), and
-    llama.cpp needs the number before it loads: it sizes each slot's KV cache."""
+# Token types of a GGUF vocabulary that llama.cpp parses out of a prompt's text as one token.
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+def read_gguf_header(path: Path, keep) -> dict:
+    """The header values whose keys `keep(key)` accepts (arrays as lists). Hand-read because
+    gguf's GGUFReader parses every tensor first (seconds), and llama.cpp needs these numbers
+    before it loads: the context sizes each slot's KV cache."""
     import struct
 
     with open(path, "rb") as f:
@@ -72,33 +77,45 @@ def gguf_context_length(path: Path) -> int:
         def string():
             return f.read(read("Q")).decode("utf-8", errors="replace")
 
-        def value(kind):
+        def value(kind, wanted):
             if kind == _STRING:
                 return string()
             if kind == _ARRAY:
                 item, count = read("I"), read("Q")
-                if item in _SCALAR_SIZES:
+                if not wanted and item in _SCALAR_SIZES:
                     f.seek(_SCALAR_SIZES[item] * count, 1)
-                else:
-                    for _ in range(count):
-                        value(item)
-                return None
+                    return None
+                return [value(item, wanted) for _ in range(count)]
             return read({0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}[kind])
 
         if f.read(4) != b"GGUF" or read("I") < 2:
             raise ConfigError(f"{path} is not a GGUF file (version 2 or later)")
         read("Q")  # tensor count
-        arch, lengths = None, {}
+        found = {}
         for _ in range(read("Q")):
             key, kind = string(), read("I")
-            found = value(kind)
-            if key == "general.architecture":
-                arch = found
-            elif key.endswith(".context_length"):
-                lengths[key] = found
-            if arch and f"{arch}.context_length" in lengths:
-                return int(lengths[f"{arch}.context_length"])
-    raise ConfigError(f"{path} does not say its context length")
+            wanted = keep(key)
+            item = value(kind, wanted)
+            if wanted:
+                found[key] = item
+        return found
+
+
+def gguf_context_length(path: Path) -> int:
+    """The model's trained context (`<arch>.context_length`)."""
+    header = read_gguf_header(path, lambda key: key == "general.architecture" or key.endswith(".context_length"))
+    key = f"{header.get('general.architecture')}.context_length"
+    if key not in header:
+        raise ConfigError(f"{path} does not say its context length")
+    return int(header[key])
+
+
+def gguf_control_tokens(path: Path) -> ControlTokens:
+    """The tokens llama.cpp would parse out of a message's text (control and user-defined
+    ones, such as `<|im_end|>`): only the chat template may place them."""
+    header = read_gguf_header(path, lambda key: key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"))
+    tokens, types = header.get("tokenizer.ggml.tokens") or [], header.get("tokenizer.ggml.token_type") or []
+    return ControlTokens(t for t, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED))
 
 
 def has_gpu() -> bool:
@@ -128,6 +145,7 @@ class LlamaCppBackend(Backend):
         self._counts_lock = threading.Lock()
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
         self.chatglm_family: str | None = None  # "v2"/"v3" for a converted ChatGLM checkpoint
+        self.control_tokens = ControlTokens(())
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -157,6 +175,7 @@ class LlamaCppBackend(Backend):
 
         gguf = self._gguf()
         trained = gguf_context_length(gguf)
+        self.control_tokens = gguf_control_tokens(gguf)
         self.context_length = min(trained, self.config.context) if self.config.context else trained
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf)
@@ -214,6 +233,7 @@ class LlamaCppBackend(Backend):
         parse_special). Remembered for the last few prompts: the history fitting of a turn
         counts the very messages that generation then counts again, on its critical path.
         Safe from any thread (httpx.Client is; the memo has a lock)."""
+        messages = self.control_tokens.defuse_messages(messages)  # as generation sends them
         key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
         with self._counts_lock:
             if key in self._counts:
@@ -327,7 +347,8 @@ class LlamaCppBackend(Backend):
         if temperature <= 1e-5 or top_k == 1 or top_p <= 0:  # greedy, as sampling.SamplingConfig says
             temperature, top_p, top_k = 0.0, 1.0, 0
         body = {
-            "messages": seq.messages, "stream": True, "max_tokens": budget,
+            # A user's `<|im_end|>` stays text: llama.cpp parses special tokens in the whole prompt.
+            "messages": self.control_tokens.defuse_messages(seq.messages), "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True}, "timings_per_token": True,
             "cache_prompt": True, "reasoning_format": "none",
             "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0, "typical_p": 1.0,

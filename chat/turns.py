@@ -35,6 +35,7 @@ from .engine import (
     get_engine,
 )
 from .errors import ChatError, not_found
+from .metrics import TurnWatch
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
 
@@ -160,11 +161,14 @@ class Turn:
 
     async def _run(self) -> None:
         result = None
+        watch = TurnWatch(self.input.source)  # metrics (chat/metrics.py)
         try:
             async for event in self._request.events():
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
+                    if isinstance(event, TextDelta):
+                        watch.delta()
                     await self._publish(event)
         except asyncio.CancelledError:
             self._request.cancel()
@@ -180,6 +184,7 @@ class Turn:
             if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
                 del _live_turns[self.conversation_id]
             self._claim.release()
+            watch.done(result, self.id)
             self.done = TurnDone(result, self.conversation_id, self.message_id)
             await self._publish(self.done)
 

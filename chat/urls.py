@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("chat.views.openai")),
     path("", include("chat.views.conversations")),
     path("", include("chat.views.accounts")),
+    path("", include("chat.views.ops")),
 ]

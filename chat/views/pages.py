@@ -13,6 +13,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from ..engine import get_engine
 from ..owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY
+from ..upstream_health import health_fields
 
 
 @ensure_csrf_cookie
@@ -46,6 +47,7 @@ def healthz(request):
         "context_length": info.context_length,
         "queue": engine.queue_length(),
         "running": engine.running_count(),
+        **health_fields(engine),  # the upstream engine's reachability (chat/upstream_health.py)
     })
 
 

@@ -97,14 +97,6 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def worker_exited(pid: int) -> None:
-    """The supervisor's hook when a worker ends: its live gauges stop counting."""
-    if _multiprocess:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
-
-
 # -- turns ------------------------------------------------------------------------------------
 
 
@@ -191,7 +183,7 @@ class AccessLog:
                 "request_id": request_id, "protocol": protocol,
                 "method": scope.get("method", "WS"), "path": scope.get("path", ""), "status": status,
                 "bytes": state["bytes"], "duration_ms": round((time.monotonic() - started) * 1000, 1),
-                "client": client[0],
+                "client": client[0], "worker": os.getpid(),
             }))
 
 

@@ -34,6 +34,7 @@ from .engine import (
     TextDelta,
     get_engine,
 )
+from .claims import BUSY, LIMIT, shared_claims
 from .errors import ChatError, not_found
 from .metrics import TurnWatch
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
@@ -75,19 +76,26 @@ class _Claim:
     """A turn's hold on its conversation (one answer at a time) and on one of its owner's
     running slots. Checked and taken with no `await` in between, so that concurrent requests
     cannot all pass the checks before any of them registers; released when the turn ends or
-    fails to start. Counted per process, like the engine itself."""
+    fails to start. Counted per process, and with REDIS_URL across processes too."""
 
     conversations: set[str] = set()
     running: collections.Counter = collections.Counter()
 
     def __init__(self, owner: Owner, conversation_id: str | None):
-        if conversation_id is not None and conversation_id in self.conversations:
+        limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
+        busy = conversation_id is not None and conversation_id in self.conversations
+        over = owner.is_person and limit and self.running[owner] >= limit
+        # With REDIS_URL, every process's claims are checked too (chat/claims.py).
+        self.shared, self.token = shared_claims(), ""
+        if self.shared is not None and not busy and not over:
+            verdict, self.token = self.shared.acquire(owner, conversation_id, limit if owner.is_person else 0)
+            busy, over = verdict == BUSY, verdict == LIMIT
+        if busy:
             raise ChatError(
                 "An answer is still being generated in this conversation.",
                 status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
             )
-        limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
-        if owner.is_person and limit and self.running[owner] >= limit:
+        if over:
             raise ChatError(
                 f"You already have {limit} answers being generated; wait for one to finish or stop it.",
                 status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
@@ -100,6 +108,8 @@ class _Claim:
         if conversation_id is not None:
             self.conversation_id = conversation_id
             self.conversations.add(conversation_id)
+            if self.token and conversation_id:
+                self.shared.hold(self.token, conversation_id)
 
     def release(self) -> None:
         if self.held:
@@ -108,6 +118,8 @@ class _Claim:
             if self.running[self.owner] <= 0:
                 del self.running[self.owner]
             self.conversations.discard(self.conversation_id)
+            if self.token:
+                self.shared.release(self.token)
 
 
 class Turn:

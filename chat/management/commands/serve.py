@@ -6,6 +6,7 @@ server accepts its first connection, instead of on the first request.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
@@ -53,6 +54,9 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="model directory, .gguf file, 'fake', or unset for the embedded default")
         parser.add_argument("--backend", help="auto, transformers, chatglm, openai or fake (env CHATGLM_BACKEND)")
         parser.add_argument("--upstream-url", dest="upstream_url", help="an OpenAI-compatible server to forward to")
+        # Several processes behind one address (chat/workers.py; README "Deployment").
+        parser.add_argument("--workers", type=int, default=1, help="web processes sharing the port (default 1)")
+        parser.add_argument("--listen-fd", dest="listen_fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
 
     def handle(self, *args, **options):
         for flag, env in FLAG_ENV.items():
@@ -66,9 +70,21 @@ class Command(BaseCommand):
         if not 1 <= options["port"] <= 65535:
             raise CommandError(f"--port must be between 1 and 65535, not {options['port']}")
 
+        if options["workers"] < 1:
+            raise CommandError(f"--workers must be at least 1, not {options['workers']}")
+        if options["workers"] > 1:
+            from chat.workers import supervise
+
+            try:
+                return supervise(self.stdout, options["host"], options["port"], options["workers"], config)
+            except RuntimeError as exc:
+                raise CommandError(str(exc)) from None
+        self.listen_fd = options["listen_fd"]
+
         from chat.turns import mark_interrupted_answers
 
-        interrupted = mark_interrupted_answers()
+        # A worker starts while its siblings generate: only a whole start marks leftovers.
+        interrupted = mark_interrupted_answers() if self.listen_fd is None else 0
         if interrupted:
             self.stdout.write(f"Marked {interrupted} interrupted answer(s) from a previous run as errors.")
 
@@ -90,12 +106,14 @@ class Command(BaseCommand):
 
         from chatglm_site.asgi import application
 
+        from chat.workers import worker_endpoints
+
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"Open http://{shown}:{port}/ in a browser (Ctrl+C stops the server).")
         self.stdout.flush()
         Server(
             application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
+            endpoints=worker_endpoints(self.listen_fd) or build_endpoint_description_strings(host=host, port=port),
             http_timeout=None,  # streams last as long as the answer
             websocket_timeout=86400,
             application_close_timeout=10,

@@ -247,6 +247,13 @@ LOGGING["loggers"]["chat.access"] = {
     "handlers": ["console"], "propagate": False,
     "level": "INFO" if env_bool("CHATGLM_ACCESS_LOG", True) else "WARNING",
 }
+# redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's BZPOPMIN wait:
+# an idle socket's receive then fails with "Timeout reading" and the consumer closes (1011).
+# A read may take the blocking wait plus a margin; a dead Redis still fails within it.
+if CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer":
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
+        {"address": address, "socket_timeout": 15} for address in CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+    ]
 # Seconds a running answer may go on after SIGTERM before it is ended as a saved error.
 CHATGLM["SHUTDOWN_GRACE"] = float(os.environ.get("CHATGLM_SHUTDOWN_GRACE", "30"))
 # ---- end of the deployment block ----------------------------------------------------------------

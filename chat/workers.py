@@ -46,7 +46,7 @@ import httpx
 
 log = logging.getLogger("chat.workers")
 
-READY_FD_ENV = "CHATGLM_READY_FD"
+READY_FD_ENV = "SERVE_WORKER_READY_FD"  # internal: supervisor <-> worker, not a setting
 ENGINE_START_SECONDS = 600
 WORKER_START_SECONDS = 300
 MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"

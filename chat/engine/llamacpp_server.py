@@ -67,7 +67,7 @@ def start(model: Path, host: str, port: int, slots: int, context: int | None, ap
     return xllamacpp.Server(params), per_slot
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chat.engine.llamacpp_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a .gguf file (default: the embedded SmolLM2)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="sequences decoded together (default CHATGLM_MAX_BATCH, 8)")
     parser.add_argument("--context", type=int, default=0, help="context per sequence (default: the model's)")
     parser.add_argument("--alias", default="", help="the model id it reports (default: the file's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     model = Path(args.model) if args.model else embedded_gguf()

@@ -27,13 +27,14 @@ MAX_STOP_CHARS = 200
 MAX_HISTORY_PAIRS = 1000
 
 
-def number(data: dict, name: str, param: str | None = None) -> float | int | None:
+def number(data: dict, name: str, param: str | None = None, where: str = "") -> float | int | None:
     """Parameter `name` (sent as `param`, when the protocol calls it otherwise) as a number
-    in its range, or None when absent or null."""
-    param = param or name
-    value = data.get(param)
+    in its range, or None when absent or null. Errors name it `where + param` (`params.`)."""
+    key = param or name
+    value = data.get(key)
     if value is None:
         return None
+    param = where + key
     integer = name in INTEGER_PARAMS
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise invalid(param, f"'{param}' must be {'an integer' if integer else 'a number'}.", "invalid_type")
@@ -50,6 +51,7 @@ def number(data: dict, name: str, param: str | None = None) -> float | int | Non
 
 
 def stop_sequences(value: Any, param: str = "stop") -> tuple[str, ...]:
+    """Stop strings: one string or an array of them; errors name `param`."""
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
@@ -60,11 +62,13 @@ def stop_sequences(value: Any, param: str = "stop") -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
-def generation_params(data: dict, renames: dict[str, str] | None = None) -> GenerationParams:
-    """GenerationParams from a request body; `renames` maps our names to the protocol's."""
+def generation_params(data: dict, renames: dict[str, str] | None = None, where: str = "") -> GenerationParams:
+    """GenerationParams from a request body (or its object `where`, as `params.`); `renames`
+    maps our names to the protocol's."""
     renames = renames or {}
-    values = {name: number(data, name, renames.get(name, name)) for name in RANGES}
-    return GenerationParams(stop=stop_sequences(data.get(renames.get("stop", "stop")), renames.get("stop", "stop")), **values)
+    values = {name: number(data, name, renames.get(name, name), where) for name in RANGES}
+    stop = renames.get("stop", "stop")
+    return GenerationParams(stop=stop_sequences(data.get(stop), where + stop), **values)
 
 
 def text(data: dict, name: str, *, required: bool = True, max_chars: int | None = None) -> str | None:
@@ -100,6 +104,13 @@ def history_pairs(value: Any, param: str = "history") -> list[tuple[str, str]]:
             raise invalid(f"{param}[{i}]", f"'{param}[{i}]' is longer than {limit} characters.", "too_long")
         pairs.append((pair[0], pair[1]))
     return pairs
+
+
+def used_history(history: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The part of a client's history that can reach the model: its last CHATGLM_MAX_HISTORY
+    pairs. Adapters pass only this to the turn, so older pairs are never stored either."""
+    keep = max(0, settings.CHATGLM["MAX_HISTORY"])
+    return history[max(0, len(history) - keep) :] if keep else []
 
 
 def conversation_id(value: Any, param: str = "conversation_id") -> uuid.UUID | None:

@@ -13,7 +13,7 @@ from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import params
+from . import inputs, params
 from .errors import ChatError, invalid, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, Source
 from .owners import Owner
@@ -33,6 +33,8 @@ def clean_title(value: Any, *, required: bool) -> str:
         raise invalid("title", "'title' must not be empty.", "empty")
     if len(title) > TITLE_MAX_LENGTH:
         raise invalid("title", f"'title' is longer than {TITLE_MAX_LENGTH} characters.", "too_long")
+    if inputs.has_control(title, lines=False):  # one line of plain text in every list; tabs and newlines too
+        raise invalid("title", "'title' must not contain control characters.", "invalid_character")
     return title
 
 
@@ -49,8 +51,8 @@ def clean_settings(value: Any, current: dict | None = None) -> dict:
         raise invalid("settings", "'settings' must be an object.", "invalid_type")
     unknown = sorted(set(value) - set(SETTING_NAMES))
     if unknown:
-        raise invalid(f"settings.{unknown[0]}",
-                      f"Unknown setting {unknown[0]!r}; known: {', '.join(SETTING_NAMES)}.", "unknown_field")
+        raise invalid(f"settings.{inputs.safe(unknown[0])}",
+                      f"Unknown setting {inputs.safe(repr(unknown[0]))}; known: {', '.join(SETTING_NAMES)}.", "unknown_field")
     merged = dict(current or {})
     for name, raw in value.items():
         if raw is None:
@@ -64,7 +66,7 @@ def clean_settings(value: Any, current: dict | None = None) -> dict:
 def _reject_unknown(data: dict) -> None:
     unknown = sorted(set(data) - set(EDITABLE_FIELDS))
     if unknown:
-        raise invalid(unknown[0], f"Unknown field {unknown[0]!r}; editable: {', '.join(EDITABLE_FIELDS)}.",
+        raise invalid(inputs.safe(unknown[0]), f"Unknown field {inputs.safe(repr(unknown[0]))}; editable: {', '.join(EDITABLE_FIELDS)}.",
                       "unknown_field")
 
 

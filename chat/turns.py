@@ -35,7 +35,7 @@ from .engine import (
     get_engine,
 )
 from .claims import BUSY, LIMIT, shared_claims
-from .errors import ChatError, not_found
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, model_unavailable, not_found
 from .metrics import TurnWatch
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
@@ -70,6 +70,7 @@ TurnEvent = QueuePosition | Started | TextDelta | TurnDone
 
 _live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching
 _runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
+_shutting_down = False  # set by shut_down(): no new turns, running ones end as errors
 
 
 class _Claim:
@@ -140,7 +141,7 @@ class Turn:
         self._request = request
         self._claim = claim
         self._log: list[TurnEvent] = []
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future] = []  # readers waiting for the next event
 
     def cancel(self) -> None:
         """Stop generating (at the next decode step); what was produced is kept, as cancelled."""
@@ -151,54 +152,157 @@ class Turn:
     def finished(self) -> bool:
         return self.done is not None
 
-    async def events(self, replay: bool = True) -> AsyncIterator[TurnEvent]:
-        """Every event of the turn from the start (or from now), until TurnDone."""
-        index = 0 if replay else len(self._log)
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: len(self._log) > index)
-                batch = self._log[index:]
-            index += len(batch)
-            for event in batch:
-                yield event
-                if isinstance(event, TurnDone):
-                    return
+    async def events(self, replay: bool = True, idle: float | None = None) -> AsyncIterator[TurnEvent]:
+        """Every event of the turn from the start (or from now), until TurnDone.
 
-    async def _publish(self, event: TurnEvent) -> None:
+        A reader that fell behind gets what piled up coalesced: consecutive TextDeltas as one
+        (their text joined: still whole characters, and the concatenation is unchanged), and
+        of consecutive QueuePositions only the last. So a slow client, or a loop busy with
+        hundreds of streams, sends fewer, larger events instead of falling further behind.
+        With `idle`, IDLE is yielded whenever `idle` seconds pass with nothing new.
+        """
+        index = 0 if replay else len(self._log)
+        timer = _IdleTimer(idle) if idle else None
+        try:
+            while True:
+                if index == len(self._log):
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    if timer is not None:
+                        timer.wait_on(waiter)
+                    if not await waiter:  # woken by the idle timer, not by an event
+                        yield IDLE
+                        continue
+                batch = self._log[index:]
+                index += len(batch)
+                for event in _coalesce(batch):
+                    yield event
+                    if isinstance(event, TurnDone):
+                        return
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _publish(self, event: TurnEvent) -> None:
         if isinstance(event, TextDelta):
             self.text += event.text
-        async with self._changed:
-            self._log.append(event)
-            self._changed.notify_all()
+        self._log.append(event)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a reader that was cancelled while waiting
+                waiter.set_result(True)
 
     async def _run(self) -> None:
         result = None
         watch = TurnWatch(self.input.source)  # metrics (chat/metrics.py)
+        idle = settings.CHATGLM["GENERATION_TIMEOUT"] or None  # seconds without progress: a hung model
         try:
-            async for event in self._request.events():
+            events = self._request.events()
+            while result is None:
+                try:
+                    async with asyncio.timeout(idle):
+                        event = await anext(events)
+                except TimeoutError:
+                    self._request.cancel()
+                    result = GenerationResult(text=self.text, finish_reason="error", error=GENERATION_TIMEOUT)
+                    break
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
                     if isinstance(event, TextDelta):
                         watch.delta()
-                    await self._publish(event)
+                    self._publish(event)
         except asyncio.CancelledError:
             self._request.cancel()
             raise
         finally:
             if result is None:  # cancelled from outside: record what was produced
-                result = GenerationResult(text=self.text, finish_reason="cancelled")
+                result = (GenerationResult(text=self.text, finish_reason="error", error=SERVER_SHUTDOWN)
+                          if _shutting_down else GenerationResult(text=self.text, finish_reason="cancelled"))
             if self.message_id is not None:
                 try:
                     await _save_answer(self.message_id, result, self.input.params)
                 except Exception:  # noqa: BLE001 - the turn must still end for its listeners
                     log.exception("could not save the answer of turn %s", self.id)
+                    result = dataclasses.replace(result, finish_reason="error", error=NOT_SAVED)  # clients are told
             if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
                 del _live_turns[self.conversation_id]
             self._claim.release()
             watch.done(result, self.id)
             self.done = TurnDone(result, self.conversation_id, self.message_id)
-            await self._publish(self.done)
+            self._publish(self.done)
+
+
+IDLE = object()  # yielded by Turn.events(idle=...) after a silence (SSE sends a keep-alive)
+
+
+def _coalesce(batch: list[TurnEvent]) -> list[TurnEvent]:
+    """The events of `batch` with each run of TextDeltas joined into one and each run of
+    QueuePositions reduced to its last."""
+    out: list[TurnEvent] = []
+    run: list[str] = []
+    for event in batch:
+        if isinstance(event, TextDelta):
+            run.append(event.text)
+            continue
+        if run:
+            out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+            run = []
+        if isinstance(event, QueuePosition) and out and isinstance(out[-1], QueuePosition):
+            out[-1] = event
+        else:
+            out.append(event)
+    if run:
+        out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+    return out
+
+
+class _IdleTimer:
+    """Wakes a reader whose wait for the next event has lasted `interval` seconds.
+
+    One timer per interval and reader, re-armed only when it fires, however many events pass
+    meanwhile: a timeout around every wait (asyncio.timeout, wait_for) would cost a timer per
+    event, which at hundreds of streams costs more than the events themselves.
+    """
+
+    def __init__(self, interval: float):
+        self.loop = asyncio.get_running_loop()
+        self.interval = interval
+        self.waiter: asyncio.Future | None = None
+        self.since = self.loop.time()
+        self.handle = self.loop.call_at(self.since + interval, self._fire)
+
+    def wait_on(self, waiter: asyncio.Future) -> None:
+        self.waiter, self.since = waiter, self.loop.time()
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        waiting = self.waiter is not None and not self.waiter.done()
+        if waiting and now >= self.since + self.interval - 0.001:
+            self.waiter.set_result(False)  # wake the reader with "nothing came"
+            self.since = now
+        elif not waiting:
+            self.since = now  # the reader is busy: measure its next wait from here on
+        self.handle = self.loop.call_at(self.since + self.interval, self._fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+async def shut_down(timeout: float, grace: float = 0.0) -> None:
+    """For a server that is stopping: refuse new turns, let the running ones finish for up to
+    `grace` s (CHATGLM_SHUTDOWN_GRACE), then end the rest now, each saved and reported to its
+    listeners as an error (`server_shutdown`), waiting up to `timeout` s for that."""
+    global _shutting_down
+    _shutting_down = True
+    tasks = list(_runner_tasks)
+    if tasks and grace > 0:
+        await asyncio.wait(tasks, timeout=grace)
+    tasks = [task for task in tasks if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
 
 
 def live_turn(conversation_id: str) -> Turn | None:
@@ -217,12 +321,15 @@ async def ready_engine():
         try:
             await asyncio.to_thread(engine.wait_ready, 600)
         except EngineUnavailable as exc:
-            raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+            raise model_unavailable(str(exc)) from exc
     return engine
 
 
 async def start_turn(inp: TurnInput) -> Turn:
     """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
+    if _shutting_down:
+        raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
+                        code=SERVER_SHUTDOWN, retry_after=5)
     engine = await ready_engine()
 
     conversation = None
@@ -252,7 +359,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     except EngineOverloaded as exc:
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:
-        raise ChatError(str(exc), status=503, type="server_error", code="model_unavailable") from exc
+        raise model_unavailable(str(exc)) from exc
 
     turn = Turn(inp, history, truncated, request, claim)
     if inp.store:
@@ -270,30 +377,42 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
 def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams):
     """Chat messages for the model, and how many of the oldest pairs were left out.
 
-    At most CHATGLM_MAX_HISTORY pairs, and fewer when the prompt would not leave room for
-    the answer in the model's context (oldest pairs go first). The most pairs that fit are
-    found by bisection: a few tokenizations, not one per pair dropped.
+    Keeps the most recent pairs, at most CHATGLM_MAX_HISTORY of them, such that the prompt
+    (as the backend's own `count_prompt_tokens` counts it: chat template, system prompt and
+    all) plus the room kept for the answer fits the limit (see `answer_room`). The most pairs
+    that fit are found by bisection: a few tokenizations, not one per pair dropped. The query
+    itself is never trimmed.
     """
+    limit, room = answer_room(engine, params)
     max_pairs = max(0, settings.CHATGLM["MAX_HISTORY"])
-    candidates = history[len(history) - max_pairs :] if max_pairs else []
-    context = engine.info.context_length
-    # Room for the answer, capped so that a large max_tokens does not push out all context:
-    # the backend's own budget cuts an answer that outgrows what is left.
-    answer_room = min(params.max_new_tokens or 512, context // 4)
+    candidates = history[max(0, len(history) - max_pairs) :] if max_pairs else []
 
     def fits(count: int) -> bool:
         kept = candidates[len(candidates) - count :] if count else []
-        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + answer_room <= context
+        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + room <= limit
 
     count = len(candidates)
     if count and not fits(count):
-        low, high = 0, count  # fits(low) (the query alone is never trimmed), not fits(high)
+        low, high = 0, count  # low: 0 or a count that fits; high: a count that does not
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if fits(middle) else (low, middle)
         count = low
     kept = candidates[len(candidates) - count :] if count else []
     return to_messages(system_prompt, kept, query), len(history) - len(kept)
+
+
+def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
+    """(limit, room): the tokens a prompt and its answer may take together (the context, or
+    the seed API's `max_length` if smaller), and how many of them history must leave free
+    for the answer: its token budget (`max_new_tokens`, else the backend's default), capped at
+    a quarter of the limit so that a large `max_tokens` does not push out all history. The
+    backend's own budget (limit minus the prompt) then lets such an answer grow past it."""
+    limit = engine.info.context_length
+    if params.max_length:
+        limit = min(limit, params.max_length)
+    budget = params.max_new_tokens or engine.backend.default_max_new_tokens()
+    return limit, min(budget, limit // 4)
 
 
 def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:

@@ -152,7 +152,7 @@ if os.environ.get("REDIS_URL"):
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chat.channel_layer.ThrottledInMemoryChannelLayer"}}
 
 # The chat service's own settings (README: "Configuration").
 CHATGLM = {
@@ -164,6 +164,7 @@ CHATGLM = {
     "PING_SECONDS": float(os.environ.get("CHATGLM_PING_SECONDS", "15")),
     "MAX_RUNNING_PER_USER": env_int("CHATGLM_MAX_RUNNING_PER_USER", 2),
     "REQUIRE_LOGIN": env_bool("CHATGLM_REQUIRE_LOGIN"),
+    "GENERATION_TIMEOUT": float(os.environ.get("CHATGLM_GENERATION_TIMEOUT", "") or 300),
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CHATGLM_MAX_BODY_BYTES", 2_621_440)
 

@@ -31,9 +31,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from .. import live, params
+from .. import inputs, live, params
 from ..engine import QueuePosition, TextDelta
-from ..errors import ChatError, invalid, not_found
+from ..errors import ChatError, generation_error, invalid, not_found, unexpected_error
 from ..models import Conversation, Source
 from ..owners import Owner, api_key_name, api_keys, bearer_token
 from ..turns import Turn, TurnDone, TurnInput, live_turn, start_turn
@@ -144,13 +144,10 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
             return
         if text_data is None:
             return await self._send_error(_frame_error("Send JSON text frames, not binary ones.", "invalid_frame"), None)
-        if len(text_data) > max_frame_chars():
-            return await self._send_error(_frame_error(
-                f"The frame is longer than {max_frame_chars()} characters.", "too_large"), None)
-        try:
-            content = json.loads(text_data)
-        except ValueError as exc:
-            return await self._send_error(_frame_error(f"Malformed JSON: {exc}", "invalid_json"), None)
+        try:  # size, depth, Unicode: the same checks as every HTTP body (chat.inputs)
+            content = inputs.decode_json(text_data, max_chars=max_frame_chars(), what="frame")
+        except ChatError as error:
+            return await self._send_error(error, None)
         await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
@@ -165,10 +162,8 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
             await handler(content, request_id)
         except ChatError as error:
             await self._send_error(error, request_id)
-        except Exception:  # noqa: BLE001 - a bug must not close the socket with a traceback
-            log.exception("websocket frame failed")
-            await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
-                                             code="internal_error"), request_id)
+        except Exception as exc:  # noqa: BLE001 - a bug must not close the socket with a traceback
+            await self._send_error(unexpected_error(exc, "websocket frame"), request_id)
 
     @staticmethod
     def _request_id(content: dict):
@@ -195,7 +190,7 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
             owner=self.owner,
             source=Source.WEB if self.owner.is_person else Source.WEBSOCKET,
             query=query,
-            params=params.generation_params(raw or {}),
+            params=params.generation_params(raw or {}, where="params."),
             conversation_id=conversation_id,
             store=settings.CHATGLM["STORE_API_TURNS"] or self.owner.is_person,
         )
@@ -270,17 +265,15 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
                     if self.generation is asyncio.current_task():
                         self.generation = None  # a `chat` sent right after `done` must be accepted
                     await self.send_json(self._end_frame(request_id, {
-                        "conversation_id": event.conversation_id, "message_id": event.message_id,
+                        "turn_id": turn.id, "conversation_id": event.conversation_id, "message_id": event.message_id,
                         "response": event.result.text, "finish_reason": event.result.finish_reason,
                         "usage": event.result.usage(), "error": event.result.error,
                     }))
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the socket must hear that its answer ended
-            log.exception("websocket stream of turn %s failed", turn.id)
+        except Exception as exc:  # noqa: BLE001 - the socket must hear that its answer ended
             try:
-                await self._send_error(ChatError("Internal server error.", status=500, type="server_error",
-                                                 code="internal_error"), request_id)
+                await self._send_error(unexpected_error(exc, f"websocket stream of turn {turn.id}"), request_id)
             except Exception:  # noqa: BLE001 - the socket itself is gone
                 pass
         finally:
@@ -291,11 +284,10 @@ class ChatConsumer(SessionBoundSocket, AsyncJsonWebsocketConsumer):
 
     @staticmethod
     def _end_frame(request_id, done: dict) -> dict:
-        """`done`, or `error` (code generation_failed) when the model failed; the partial answer is kept."""
+        """`done`, or `error` (typed by chat.errors) when the model failed; the partial answer is kept."""
         fields = {"conversation_id": done["conversation_id"], "message_id": done["message_id"]}
         if done["finish_reason"] == "error":
-            error = ChatError(f"The model failed while generating: {done.get('error') or 'unknown error'}",
-                              status=500, type="server_error", code="generation_failed")
+            error = generation_error(done.get("error") or "", done.get("turn_id"))
             return {"type": "error", "request_id": request_id, "error": error.as_dict(),
                     "response": done["response"], **fields}
         return {"type": "done", "request_id": request_id, "response": done["response"],

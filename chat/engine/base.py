@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence as SequenceABC
 from typing import Any, Protocol
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # replaced by U+FFFD in generated text
 
 
 class EngineError(Exception):
@@ -259,6 +261,9 @@ class Sequence:
 
     def _send(self, text: str) -> None:
         if text:
+            # Every answer is stored and sent as UTF-8: a lone surrogate (which a backend
+            # passing text through may hand us) cannot be encoded, and PostgreSQL refuses NUL.
+            text = _UNSTORABLE.sub("\ufffd", text)
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
             self._parts.append(text)

@@ -1,38 +1,34 @@
-"""Request parsing and error rendering shared by the JSON views."""
+"""Request parsing and error rendering shared by the JSON views (and the SSE views, before
+their stream opens)."""
 
 from __future__ import annotations
 
-import json
-import logging
 from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 
-from ..errors import ChatError
-
-log = logging.getLogger(__name__)
+from .. import inputs
+from ..errors import ChatError, unexpected_error
 
 
 def read_json(request) -> dict:
-    """The request's JSON object body, or ChatError 400/413/415."""
+    """The request's JSON object body, checked by `chat.inputs`, or ChatError 400/413/415."""
     content_type = request.content_type or ""
     if content_type != "application/json":
         raise ChatError(
-            f"Send a JSON body with 'Content-Type: application/json' (got {content_type or 'none'!r}).",
+            f"Send a JSON body with 'Content-Type: application/json' (got {inputs.safe(content_type) or 'none'!r}).",
             status=415, code="unsupported_media_type",
         )
+    charset = (request.content_params or {}).get("charset", "utf-8").lower()
+    if charset.replace("-", "") != "utf8":
+        raise ChatError(f"Send the JSON body in UTF-8 (got charset {inputs.safe(charset)!r}).",
+                        status=415, code="unsupported_media_type")
     try:
         body = request.body
     except RequestDataTooBig:
         raise ChatError("The request body is too large.", status=413, code="too_large") from None
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ChatError(f"Malformed JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ChatError("The JSON body must be an object.", code="invalid_json")
-    return data
+    return inputs.decode_json(body)
 
 
 def error_response(error: ChatError, envelope: dict | None = None) -> JsonResponse:
@@ -41,6 +37,8 @@ def error_response(error: ChatError, envelope: dict | None = None) -> JsonRespon
                             json_dumps_params={"ensure_ascii": False})
     if error.retry_after:
         response["Retry-After"] = str(error.retry_after)
+    if error.request_id:
+        response["X-Request-ID"] = error.request_id
     return response
 
 
@@ -54,12 +52,8 @@ def json_errors(envelope: dict | None = None):
                 return await view(request, *args, **kwargs)
             except ChatError as error:
                 return error_response(error, envelope)
-            except Exception:  # noqa: BLE001 - never a traceback page for an API client
-                log.exception("unexpected error in %s", view.__name__)
-                return error_response(
-                    ChatError("Internal server error.", status=500, type="server_error", code="internal_error"),
-                    envelope,
-                )
+            except Exception as exc:  # noqa: BLE001 - never a traceback page for an API client
+                return error_response(unexpected_error(exc, view.__name__), envelope)
 
         return wrapper
 

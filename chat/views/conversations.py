@@ -14,7 +14,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import exports, live, params, selectors, services
+from .. import exports, inputs, live, params, selectors, services
 from ..errors import ChatError, invalid
 from ..owners import session_owner
 from ..turns import live_turn
@@ -63,7 +63,7 @@ def _methods(**handlers):
 def _page_number(raw: str | None) -> int:
     if raw is None or raw == "":
         return 1
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:  # "²".isdigit() is True
         raise invalid("page", f"'page' must be an integer from 1 to {MAX_PAGE}.", "invalid_value")
     return int(raw)
 
@@ -74,9 +74,7 @@ def _summary(conversation) -> dict:
 
 async def list_conversations(request):
     page = _page_number(request.GET.get("page"))
-    search = request.GET.get("q", "").strip()
-    if len(search) > MAX_SEARCH_CHARS:
-        raise invalid("q", f"'q' is longer than {MAX_SEARCH_CHARS} characters.", "too_long")
+    search = inputs.query_text(request.GET.get("q"), "q", MAX_SEARCH_CHARS)
     owner = await _owner(request)
     rows, has_next = await sync_to_async(selectors.conversation_page)(owner, page, search)
     return _json({"conversations": [_summary(c) for c in rows], "page": page, "has_next": has_next})

@@ -10,7 +10,6 @@ CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
-import logging
 import time
 from functools import wraps
 
@@ -19,17 +18,16 @@ from django.http import JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import params
+from .. import inputs, params
 from ..engine import GenerationParams, TextDelta, get_engine
 from ..engine.base import ModelInfo
-from ..errors import ChatError, invalid
+from ..errors import ChatError, generation_error, invalid, unexpected_error
 from ..models import Source
 from ..turns import TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
 from .auth import api_caller
 from .common import json_errors, read_json
 
-log = logging.getLogger(__name__)
 
 OWNED_BY = "chatglm-django"
 MESSAGE_ROLES = ("system", "developer", "user", "assistant")
@@ -58,7 +56,7 @@ async def served_model() -> ModelInfo:
 
 def model_not_found(model_id: str, param: str | None = None) -> ChatError:
     return ChatError(
-        f"The model '{model_id}' does not exist. This server serves '{get_engine().info.model_id}'.",
+        f"The model '{inputs.safe(model_id)}' does not exist. This server serves '{get_engine().info.model_id}'.",
         status=404, type="invalid_request_error", param=param, code="model_not_found",
     )
 
@@ -122,7 +120,7 @@ def _content(value, param: str, *, nullable: bool) -> str:
             raise invalid(where, f"'{where}' must be an object.", "invalid_type")
         kind = part.get("type")
         if kind != "text":
-            raise invalid(f"{where}.type", f"Content parts of type {kind!r} are not supported: this model reads "
+            raise invalid(f"{where}.type", f"Content parts of type {inputs.safe(repr(kind))} are not supported: this model reads "
                                            "text only (parts of type 'text').", "unsupported_content")
         if not isinstance(part.get("text"), str):
             raise invalid(f"{where}.text", f"'{where}.text' must be a string.", "invalid_type")
@@ -160,7 +158,7 @@ def conversation(messages) -> tuple[str | None, list[tuple[str, str]], str]:
         role = message.get("role")
         if role not in MESSAGE_ROLES:
             raise invalid(f"{where}.role", f"'{where}.role' must be one of 'system', 'user' or 'assistant' "
-                                           f"(got {role!r}).", "invalid_value")
+                                           f"(got {inputs.safe(repr(role))}).", "invalid_value")
         text = _content(message.get("content"), f"{where}.content", nullable=role == "assistant")
         if len(text) > 4 * limit:
             raise invalid(f"{where}.content", f"'{where}.content' is longer than {4 * limit} characters.", "too_long")
@@ -241,13 +239,12 @@ class CompletionRequest:
 # -- responses --------------------------------------------------------------------------------
 
 
-def failure(done: TurnDone) -> ChatError:
+def failure(turn, done: TurnDone) -> ChatError:
     """The error for a turn that did not end with `stop` or `length`."""
     if done.result.finish_reason == "cancelled":
         return ChatError("The generation was cancelled by the server.", status=503, type="server_error",
-                         code="cancelled")
-    return ChatError(f"The model failed while generating: {done.result.error or 'unknown error'}",
-                     status=500, type="server_error", code="generation_failed")
+                         code="cancelled", request_id=turn.id)
+    return generation_error(done.result.error, turn.id)
 
 
 class Completion:
@@ -291,7 +288,7 @@ async def _parse(request) -> tuple[CompletionRequest, TurnInput]:
         source=Source.OPENAI,
         query=req.query,
         params=req.params,
-        history=req.history,
+        history=params.used_history(req.history),  # what cannot reach the model is not stored either
         system_prompt=req.system_prompt,
         store=settings.CHATGLM["STORE_API_TURNS"],
     )
@@ -310,7 +307,7 @@ async def chat_completions(request):
         async for event in turn.events():
             if isinstance(event, TurnDone):
                 if event.result.finish_reason not in ("stop", "length"):
-                    raise failure(event)
+                    raise failure(turn, event)
                 return JsonResponse(Completion(turn, req).message(event), json_dumps_params={"ensure_ascii": False})
     finally:
         turn.cancel()  # the client went away before the answer: stop generating for nobody
@@ -327,16 +324,14 @@ async def _stream_body(turn, completion: Completion):
                 yield sse.event(None, completion.chunk({"content": event.text}))
             elif isinstance(event, TurnDone):
                 if event.result.finish_reason not in ("stop", "length"):
-                    yield sse.event(None, {"error": failure(event).as_dict()})
+                    yield sse.event(None, {"error": failure(turn, event).as_dict()})
                     return
                 yield sse.event(None, completion.chunk({}, event.result.finish_reason))
                 if completion.include_usage:
                     yield sse.event(None, completion.usage_chunk(event))
                 yield sse.event(None, "[DONE]")
-    except Exception:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
-        log.exception("chat completion stream failed")
-        error = ChatError("Internal server error.", status=500, type="server_error", code="internal_error")
-        yield sse.event(None, {"error": error.as_dict()})
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
+        yield sse.event(None, {"error": unexpected_error(exc, "chat completion stream").as_dict()})
     finally:
         turn.cancel()  # a client that disconnects stops its generation at the next decode step
 

@@ -7,8 +7,6 @@ working: the same fields, `event: delta` with a JSON `data`, and a final event w
 
 from __future__ import annotations
 
-import logging
-
 from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path
@@ -17,65 +15,84 @@ from django.views.decorators.http import require_http_methods
 
 from .. import live, params
 from ..engine import TextDelta, get_engine
-from ..errors import ChatError, invalid
+from ..errors import ChatError, generation_error, invalid, unexpected_error
 from ..models import Source
 from ..turns import TurnDone, TurnInput, start_turn
 from . import sse
 from .auth import api_caller
-from .common import error_response, json_errors, read_json
+from .common import json_errors, read_json
 
-log = logging.getLogger(__name__)
 SEED_ENVELOPE = {"success": False}
 
 
-async def _turn_input(request) -> TurnInput:
+class SeedTurn:
+    """A turn of the seed API and the history its client sent.
+
+    Only the last CHATGLM_MAX_HISTORY pairs of a client's history can reach the model, so
+    only those go into the turn, and so into the database: older pairs are neither sent nor
+    stored (a client cannot fill the database with pairs nobody reads). The answer still
+    echoes the whole history, as the original demo's clients expect, and `history_truncated`
+    counts every pair left out.
+    """
+
+    def __init__(self, inp: TurnInput, history: list[tuple[str, str]]):
+        self.input, self.history = inp, history
+        self.dropped = len(history) - len(inp.history or [])
+
+
+async def _turn_input(request) -> SeedTurn:
     owner = await api_caller(request)
     data = read_json(request)
     query = params.text(data, "query")
     conversation_id = params.conversation_id(data.get("conversation_id"))
     if conversation_id is not None and data.get("history"):
         raise invalid("history", "Send either 'history' or 'conversation_id', not both.", "conflict")
-    return TurnInput(
+    history = params.history_pairs(data.get("history"))
+    inp = TurnInput(
         owner=owner,
         source=Source.WEB if owner.is_person else Source.API,
         query=query,
         params=params.generation_params(data),
-        history=params.history_pairs(data.get("history")),
+        history=params.used_history(history),
         conversation_id=conversation_id,
         store=settings.CHATGLM["STORE_API_TURNS"] or owner.is_person,
     )
+    return SeedTurn(inp, history)
 
 
-def final_fields(turn, done: TurnDone) -> dict:
+async def _start(request):
+    seed = await _turn_input(request)
+    return seed, await start_turn(seed.input)
+
+
+def final_fields(seed: SeedTurn, turn, done: TurnDone) -> dict:
+    history = seed.history if seed.input.conversation_id is None else turn.history
     return {
         "query": turn.query,
         "response": done.result.text,
-        "history": [list(pair) for pair in turn.history] + [[turn.query, done.result.text]],
+        "history": [list(pair) for pair in history] + [[turn.query, done.result.text]],
         "conversation_id": done.conversation_id,
         "finish_reason": done.result.finish_reason,
         "usage": done.result.usage(),
-        "history_truncated": turn.history_truncated,
+        "history_truncated": turn.history_truncated + seed.dropped,
     }
 
 
-def generation_failed(done: TurnDone) -> ChatError:
-    return ChatError(
-        f"The model failed while generating: {done.result.error or 'unknown error'}",
-        status=500, type="server_error", code="generation_failed",
-    )
+def generation_failed(turn, done: TurnDone) -> ChatError:
+    return generation_error(done.result.error, turn.id)
 
 
 @csrf_exempt  # api_caller enforces CSRF for requests that use the session cookie
 @require_http_methods(["POST"])
 @json_errors(SEED_ENVELOPE)
 async def chat(request):
-    turn = await start_turn(await _turn_input(request))
+    seed, turn = await _start(request)
     try:
         async for event in turn.events():
             if isinstance(event, TurnDone):
                 if event.result.finish_reason == "error":
-                    raise generation_failed(event)
-                return JsonResponse({**final_fields(turn, event), "success": True},
+                    raise generation_failed(turn, event)
+                return JsonResponse({**final_fields(seed, turn, event), "success": True},
                                     json_dumps_params={"ensure_ascii": False})
     finally:
         turn.cancel()  # the client went away before the answer: stop generating for nobody
@@ -83,17 +100,15 @@ async def chat(request):
 
 @csrf_exempt
 @require_http_methods(["POST"])
+@json_errors(SEED_ENVELOPE)  # errors before the stream opens are JSON, like /chat's
 async def stream(request):
-    try:
-        turn = await start_turn(await _turn_input(request))
-    except ChatError as error:
-        return error_response(error, SEED_ENVELOPE)
+    seed, turn = await _start(request)
     if turn.owner.is_person:
         live.ensure_broadcast(turn)  # the page's fallback: the person's other tabs see it live too
-    return sse.response(_stream_body(turn), turn)
+    return sse.response(_stream_body(seed, turn), turn)
 
 
-async def _stream_body(turn):
+async def _stream_body(seed: SeedTurn, turn):
     response = ""  # the answer so far as this client has seen it (turn.text may be further on)
     try:
         async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
@@ -104,13 +119,11 @@ async def _stream_body(turn):
                 yield sse.event("delta", {"delta": event.text, "response": response, "finished": False})
             elif isinstance(event, TurnDone):
                 if event.result.finish_reason == "error":
-                    yield sse.event("error", {**SEED_ENVELOPE, "error": generation_failed(event).as_dict()})
+                    yield sse.event("error", {**SEED_ENVELOPE, "error": generation_failed(turn, event).as_dict()})
                 else:
-                    yield sse.event("delta", {"delta": "", **final_fields(turn, event), "finished": True})
-    except Exception:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
-        log.exception("stream failed")
-        error = ChatError("Internal server error.", status=500, type="server_error", code="internal_error")
-        yield sse.event("error", {**SEED_ENVELOPE, "error": error.as_dict()})
+                    yield sse.event("delta", {"delta": "", **final_fields(seed, turn, event), "finished": True})
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (PITFALLS #3)
+        yield sse.event("error", {**SEED_ENVELOPE, "error": unexpected_error(exc, "stream").as_dict()})
     finally:
         turn.cancel()  # a client that disconnects stops its generation at the next decode step
 

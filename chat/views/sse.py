@@ -8,15 +8,13 @@ every stream body catches everything, reports it as an event and ends normally.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
 from django.http import StreamingHttpResponse
 
 from ..engine import QueuePosition
-
-PING = object()  # yielded by `with_heartbeat` after a silence
+from ..turns import IDLE
 
 
 def event(name: str | None, data) -> str:
@@ -61,47 +59,12 @@ def response(body: AsyncIterator[str], turn=None) -> StreamingHttpResponse:
 
 async def turn_events(turn, ping_seconds: float) -> AsyncIterator:
     """A turn's events for an SSE body: waiting and silence come out already encoded as
-    comment lines (str: `: queued position=N`, `: ping`), the rest as turn events."""
-    async for event in with_heartbeat(turn.events(), ping_seconds):
-        if event is PING:
+    comment lines (str: `: queued position=N`, `: ping`), the rest as turn events. Deltas
+    that piled up while this client was behind come as one (see `Turn.events`)."""
+    async for event in turn.events(idle=ping_seconds):
+        if event is IDLE:
             yield comment("ping")
         elif isinstance(event, QueuePosition):
             yield comment(f"queued position={event.position}")
         else:
             yield event
-
-
-async def with_heartbeat(events: AsyncIterator, interval: float) -> AsyncIterator:
-    """Yield from `events`, and PING whenever nothing came for `interval` seconds.
-
-    A reader task feeds a queue so that a timeout never cancels the source iterator itself
-    (an async generator cannot resume after a cancellation thrown into it).
-    """
-    queue: asyncio.Queue = asyncio.Queue()
-    end = object()
-
-    async def read():
-        try:
-            async for item in events:
-                await queue.put(item)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
-            await queue.put(exc)
-        else:
-            await queue.put(end)
-
-    reader = asyncio.get_running_loop().create_task(read())
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    item = await queue.get()
-            except TimeoutError:
-                yield PING
-                continue
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        reader.cancel()

@@ -286,7 +286,7 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(engine):
     assert (await error_for({"type": "chat", "query": "  "}))["error"]["code"] == "empty"
     assert (await error_for({"type": "chat", "query": "x", "params": [1]}))["error"]["param"] == "params"
     reply = await error_for({"type": "chat", "query": "x", "params": {"temperature": 5}})
-    assert reply["error"]["param"] == "temperature"
+    assert reply["error"]["param"] == "params.temperature"  # the field as the frame holds it
     assert (await error_for({"type": "chat", "query": "x", "request_id": {"a": 1}}))["error"]["param"] == "request_id"
     limit = settings.CHATGLM["MAX_QUERY_CHARS"]
     assert (await error_for({"type": "chat", "query": "x" * (limit + 1)}))["error"]["code"] == "too_long"

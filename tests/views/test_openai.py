@@ -77,7 +77,9 @@ async def test_unknown_fields_are_ignored(engine, async_client):
     assert r.status_code == 200, r.content
 
 
-async def test_stream_shape(engine, async_client):
+async def test_stream_shape(engine_env, async_client):
+    # Steps slow enough for the reader to keep up: deltas that pile up come as one chunk.
+    engine_env(CHATGLM_FAKE_DELAY_MS="10")
     r = await post(async_client, body(stream=True))
     assert r.status_code == 200
     assert r["Content-Type"].startswith("text/event-stream")
@@ -320,8 +322,10 @@ async def test_disconnect_cancels_the_generation(engine_env, async_client):
 
 
 async def test_queue_full_is_429(engine_env, async_client):
-    engine_env(CHATGLM_MAX_QUEUE="1", CHATGLM_FAKE_DELAY_MS="30")
-    running = await post(async_client, body("first", stream=True))
+    # A batch of one: the second request stays queued (a larger batch would admit it at the
+    # next step, and whether the third then finds the queue full would be a race).
+    engine_env(CHATGLM_MAX_QUEUE="1", CHATGLM_MAX_BATCH="1", CHATGLM_FAKE_DELAY_MS="30")
+    running = await post(async_client, body("first " * 20, stream=True))
     stream = running.streaming_content.__aiter__()
     await stream.__anext__()
     await stream.__anext__()  # a content chunk: the first turn is generating

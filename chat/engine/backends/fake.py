@@ -2,9 +2,10 @@
 
 The echo is cut into tokens of 1 to 3 UTF-8 bytes (cycling), so multi-byte characters are
 split across tokens and the answer goes through the same incremental detokenizer as a real
-model. `CHATGLM_FAKE_DELAY_MS` sets a delay per decode step. A user message that contains
-`[[fake:error]]` makes the "model" raise halfway through, to test failures mid-stream.
-It decodes sequences in batches that new requests join between steps (continuous batching).
+model. `CHATGLM_FAKE_DELAY_MS` sets the time of a decode step (a fixed cadence: 50 ms is 20
+tokens/s per stream). A user message that contains `[[fake:error]]` makes the "model" raise
+halfway through, to test failures mid-stream. It decodes sequences in batches that new
+requests join between steps (continuous batching).
 """
 
 from __future__ import annotations
@@ -74,13 +75,18 @@ class FakeBackend(Backend):
         """Decode step by step; between steps, new sequences join the batch (each has its own
         position in its answer, as in a real continuous-batching engine)."""
         plans = [self._plan(seq) for seq in sequences]
+        step_at = time.monotonic()
         while True:
             plans = [plan for plan in plans if not plan[0].finished]
             plans += [self._plan(seq) for seq in admit(self.max_batch_size - len(plans))]
             if not plans:
                 return
             if self.delay:
-                time.sleep(self.delay)
+                # A step every `delay` seconds, this loop's own work included, so that a batch
+                # of hundreds of rows still runs at the nominal rate (and never catches up in
+                # a burst after falling behind).
+                step_at = max(step_at + self.delay, time.monotonic())
+                time.sleep(max(0.0, step_at - time.monotonic()))
             for plan in plans:
                 seq, ids, step = plan
                 if ERROR_TRIGGER in seq.messages[-1]["content"] and step == len(ids) // 2:
@@ -97,6 +103,7 @@ class FakeBackend(Backend):
         budget = seq.params.max_new_tokens or self.default_max_new_tokens()
         if seq.params.max_length:
             budget = min(budget, seq.params.max_length - prompt_tokens)
+        budget = min(budget, self.context_length - prompt_tokens)  # as a real model's context would
         seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
         if budget <= 0:
             seq.finish("length")

@@ -7,6 +7,10 @@ scheduler's continuous admission), and all run concurrently on one asyncio loop 
 engine thread. A cancelled sequence closes its request, which vLLM and TGI take as an abort.
 The upstream streams whole characters in JSON, so its deltas pass straight through
 `Sequence.push_text` (stop strings and budgets are applied here as for local models).
+
+A failure ends the sequence with one of the codes below as its `error` (chat.errors turns it
+into 502, 503 or 504 for clients). What the upstream said goes to the log only: its error
+pages can carry host names, paths, tracebacks or credentials, and the error is stored.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence
 from ..config import EngineConfig
 
 log = logging.getLogger(__name__)
+
+# GenerationResult.error codes (the same strings as chat.errors, which the engine does not import).
+BAD_RESPONSE = "upstream_bad_response"  # it answered, but with an error or something unreadable
+UNAVAILABLE = "upstream_unavailable"  # no connection, or it said it is overloaded / not ready
+TIMEOUT = "upstream_timeout"  # it did not answer in time
+LOG_DETAIL_CHARS = 300
 
 POLL_SECONDS = 0.02  # how often new and cancelled sequences are looked at
 CHARS_PER_TOKEN = 4  # for history trimming only: the upstream counts the real tokens
@@ -104,38 +114,75 @@ class OpenAIBackend(Backend):
                                  ("seed", seq.params.seed)) if v is not None},
         }
         upstream_reason = reported_tokens = None
+        held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code != 200:
-                    detail = (await response.aread()).decode(errors="replace")[:300]
-                    seq.finish("error", error=f"upstream answered {response.status_code}: {detail}")
+                    detail = (await response.aread())[:LOG_DETAIL_CHARS]
+                    log.warning("upstream answered HTTP %s: %r", response.status_code, detail)
+                    seq.finish("error", error=_status_error(response.status_code))
                     return
                 async for line in response.aiter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
                     chunk = json.loads(line[5:])
                     if chunk.get("error"):
-                        log.warning("upstream reported an error: %s", chunk["error"])
-                        seq.finish("error", error="upstream reported an error")
+                        log.warning("upstream reported an error: %r", str(chunk["error"])[:LOG_DETAIL_CHARS])
+                        seq.finish("error", error=BAD_RESPONSE)
                         return
                     if chunk.get("usage"):
                         seq.prompt_tokens = chunk["usage"].get("prompt_tokens", seq.prompt_tokens)
                         reported_tokens = chunk["usage"].get("completion_tokens")
                     for choice in chunk.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content") or ""
+                        if not isinstance(text, str):
+                            raise TypeError(f"delta content of type {type(text).__name__}")
+                        text, held = _whole_characters(held + text)
                         if text and not seq.push_text(text):
                             return  # stop string, budget or cancellation: closing aborts upstream
                         upstream_reason = choice.get("finish_reason") or upstream_reason
             if upstream_reason is None:  # every OpenAI stream ends with a finish_reason: this one was cut
                 raise httpx.RemoteProtocolError("the stream ended without a finish_reason")
+            if held:
+                seq.push_text(held, tokens=0)  # a lone half at the very end (Sequence makes it U+FFFD)
             if reported_tokens is not None:
                 seq.completion_tokens = reported_tokens
             seq.finish("length" if upstream_reason == "length" else "stop")
         except asyncio.CancelledError:
             seq.finish("cancelled")
         except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
-            log.warning("upstream request failed: %s: %s", type(exc).__name__, exc)
-            seq.finish("error", error=f"upstream failed: {type(exc).__name__}")
+            log.warning("upstream request failed: %s: %s", type(exc).__name__, str(exc)[:LOG_DETAIL_CHARS])
+            seq.finish("error", error=_exception_error(exc))
+
+
+def _status_error(status: int) -> str:
+    if status == 504:
+        return TIMEOUT
+    if status in (429, 503):
+        return UNAVAILABLE
+    return BAD_RESPONSE
+
+
+def _exception_error(exc: Exception) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return TIMEOUT
+    if isinstance(exc, httpx.ConnectError):
+        return UNAVAILABLE
+    return BAD_RESPONSE
+
+
+def _whole_characters(text: str) -> tuple[str, str]:
+    """(text with surrogate pairs joined, a trailing high surrogate held for the next chunk).
+
+    JSON escapes a character outside the BMP as two `\\uXXXX` surrogates; an upstream that
+    splits them across chunks hands us halves, which Python does not join by itself."""
+    if not text or not any("\ud800" <= c <= "\udfff" for c in text):
+        return text, ""
+    held = ""
+    if "\ud800" <= text[-1] <= "\udbff":
+        text, held = text[:-1], text[-1]
+    # Pairs become one character; a lone half stays, for Sequence to replace.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"), held
 
 
 def _without_credentials(url: str) -> str:

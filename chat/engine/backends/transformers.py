@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import control_tokens
 from ..base import Backend, Message, ModelInfo, Sequence
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig
 from ..detokenize import IncrementalDetokenizer
@@ -56,6 +57,7 @@ class TransformersBackend(Backend):
         self.dtype = torch.float32 if config.device < 0 else torch.float16
         self.model = None
         self.tokenizer = None
+        self._control_tokens = None
         self.eos_ids: set[int] = set()
         self.sampling_defaults = SamplingConfig()
         self.model_id = ""
@@ -144,6 +146,9 @@ class TransformersBackend(Backend):
     # -- prompts ------------------------------------------------------------------------------
 
     def _prompt_ids(self, messages: list[Message]) -> list[int]:
+        if self._control_tokens is None:  # a user's "<|im_end|>" is text, not the token
+            self._control_tokens = control_tokens.of_tokenizer(self.tokenizer)
+        messages = self._control_tokens.defuse_messages(messages)
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 

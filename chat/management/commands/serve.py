@@ -11,6 +11,7 @@ import logging
 import os
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from chat.engine import EngineUnavailable, get_engine
@@ -111,7 +112,20 @@ class Command(BaseCommand):
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"Open http://{shown}:{port}/ in a browser (Ctrl+C stops the server).")
         self.stdout.flush()
-        Server(
+        from twisted.internet import reactor
+
+        class ServerWithPorts(Server):
+            """Keeps its listening ports, so that a stopping server can close them first."""
+
+            ports: list = []
+
+            def listen_success(self, port):
+                self.ports.append(port)
+                super().listen_success(port)
+
+        reactor.callWhenRunning(_stop_gracefully_on_signals, reactor, ServerWithPorts.ports)
+        ServerWithPorts(
+            signal_handlers=False,  # SIGTERM/SIGINT: _stop_gracefully_on_signals, not an abrupt stop
             application=application,
             endpoints=worker_endpoints(self.listen_fd) or build_endpoint_description_strings(host=host, port=port),
             http_timeout=None,  # streams last as long as the answer
@@ -120,3 +134,41 @@ class Command(BaseCommand):
             verbosity=0,
             server_name="chatglm-django",
         ).run()
+
+
+SHUTDOWN_GRACE_SECONDS = 5.0  # for running answers to be saved and their streams told
+
+
+def _stop_gracefully_on_signals(reactor, ports: list) -> None:
+    """On SIGTERM or SIGINT, stop accepting connections (under `serve --workers` the siblings
+    keep accepting on the shared socket), refuse new turns, give running answers
+    CHATGLM_SHUTDOWN_GRACE seconds to finish, end the rest as errors (saved as such, and each
+    open stream or socket gets its `error` event or frame), then stop. A second signal stops at once.
+    (Twisted's own handler would stop the reactor at once: streams cut mid-answer, answers
+    left "generating" until the next start.)"""
+    import asyncio
+    import signal
+
+    from chat.turns import shut_down
+
+    loop = asyncio.get_event_loop()  # Daphne's reactor runs on this asyncio loop
+    stopping = []
+
+    async def stop() -> None:
+        try:
+            for port in ports:
+                port.stopListening()
+            await shut_down(SHUTDOWN_GRACE_SECONDS, grace=settings.CHATGLM["SHUTDOWN_GRACE"])
+            await asyncio.sleep(0.3)  # the streams write their last event
+        finally:
+            reactor.stop()
+
+    def on_signal(number: int) -> None:
+        if stopping:
+            reactor.stop()
+            return
+        log.info("signal %s: ending running answers, then stopping", signal.Signals(number).name)
+        stopping.append(loop.create_task(stop()))
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, on_signal, number)

@@ -56,4 +56,4 @@ def wait_for(predicate, timeout: float = 30, step: float = 0.1):
 def worker_of(server, request_id: str) -> int:
     """The pid of the worker that served a request, from its access-log line."""
     pattern = re.compile(rf'"request_id": "{re.escape(request_id)}".*?"worker": (\d+)')
-    return int(wait_for(lambda: pattern.search(server.log), timeout=10)[1])
+    return int(wait_for(lambda: pattern.search(server.log), timeout=30)[1])  # written when the app ends

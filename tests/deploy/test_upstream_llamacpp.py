@@ -89,10 +89,11 @@ def test_a_disconnect_stops_llamacpp_generating(site, llama):
         "query": "Write a very long story about a lighthouse keeper.", "max_new_tokens": 4000,
         "temperature": 1.0, "seed": 3,
     }) as response:
-        for line in response.iter_lines():
-            if line.startswith("data:"):
-                break
+        lines = response.iter_lines()  # kept open (closing the generator closes the connection)
+        while not next(lines).startswith("data:"):
+            pass
         assert llama.processing() == 1  # the answer is being generated upstream
+        response.close()  # the client goes away mid-answer
     deadline = time.monotonic() + 10
     while llama.processing() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -59,20 +59,23 @@ def start(args: list[str], env: dict, log: Path, ready_text: str | None) -> tupl
 async def one_stream(client: httpx.AsyncClient, url: str, index: int, tokens: int) -> dict:
     sent = time.perf_counter()
     first = last = None
-    deltas = 0
+    deltas = tokens_out = 0
     async with client.stream("POST", f"{url}/stream", json={"query": f"{index} {QUERY}", "max_new_tokens": tokens},
                              timeout=300) as response:
         if response.status_code != 200:
             return {"error": response.status_code}
         async for line in response.aiter_lines():
-            if line.startswith("data:") and not json.loads(line[5:]).get("finished", True):
-                now = time.perf_counter()
+            if line.startswith("data:"):
+                data, now = json.loads(line[5:]), time.perf_counter()
+                if data.get("finished"):
+                    tokens_out = data["usage"]["completion_tokens"]
+                    continue
                 first = first or now
                 last = now
                 deltas += 1
             elif line.startswith("event: error"):
                 return {"error": "stream error"}
-    return {"ttft": first - sent, "duration": last - sent, "deltas": deltas}
+    return {"ttft": first - sent, "duration": last - sent, "deltas": deltas, "tokens": tokens_out}
 
 
 async def load(url: str, streams: int, tokens: int) -> dict:
@@ -85,7 +88,7 @@ async def load(url: str, streams: int, tokens: int) -> dict:
     ttfts = sorted(r["ttft"] for r in ok)
     return {
         "streams": streams, "errors": len(results) - len(ok), "wall_s": round(wall, 2),
-        "deltas_per_s": round(sum(r["deltas"] for r in ok) / wall, 1),
+        "tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
         "ttft_p50_ms": round(statistics.median(ttfts) * 1000, 1),
         "ttft_p95_ms": round(ttfts[int(len(ttfts) * 0.95) - 1] * 1000, 1),
         "stream_p50_s": round(statistics.median(r["duration"] for r in ok), 2),
@@ -129,11 +132,11 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait(60)
-    header = f"{'layout':38} {'errors':>6} {'wall s':>7} {'deltas/s':>9} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'stream p50 s':>13}"
+    header = f"{'layout':38} {'errors':>6} {'wall s':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'stream p50 s':>13}"
     print(f"{args.streams} concurrent /stream clients, {args.tokens} tokens each, model {args.model}")
     print(header)
     for name, row in rows.items():
-        print(f"{name:38} {row['errors']:>6} {row['wall_s']:>7} {row['deltas_per_s']:>9} {row['ttft_p50_ms']:>12} "
+        print(f"{name:38} {row['errors']:>6} {row['wall_s']:>7} {row['tokens_per_s']:>9} {row['ttft_p50_ms']:>12} "
               f"{row['ttft_p95_ms']:>12} {row['stream_p50_s']:>13}")
     out = ROOT / "bench" / "results" / "bench_workers.json"
     out.parent.mkdir(parents=True, exist_ok=True)

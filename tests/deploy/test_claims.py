@@ -10,6 +10,8 @@ from chat import claims
 from chat.claims import BUSY, LIMIT, OK, SharedClaims
 from chat.owners import Owner
 
+pytestmark = pytest.mark.redis
+
 
 @pytest.fixture
 def two_processes(redis_url):

@@ -13,7 +13,6 @@ import pytest
 
 from tests.deploy.conftest import wait_for
 
-pytestmark = pytest.mark.slow
 
 
 def open_stream(server, words: int):

@@ -17,7 +17,7 @@ import websockets
 
 from tests.deploy.conftest import wait_for, worker_of
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.redis  # and PostgreSQL where present (conftest.database_url)
 
 
 @pytest.fixture

@@ -171,3 +171,38 @@ def test_sighup_restarts_the_workers_one_by_one_and_nothing_saved_is_lost(worker
         assert served_by(client) not in old
     workers.process.send_signal(signal.SIGTERM)
     assert workers.process.wait(60) == 0
+
+
+def test_an_answer_followed_through_a_rolling_restart_is_not_lost(workers):
+    """SIGHUP while a socket follows an answer: its worker stops accepting, finishes the answer
+    within CHATGLM_SHUTDOWN_GRACE, and the browser gets `done`; the page then reconnects to a
+    new worker and finds the answer saved."""
+    a, _ = two_clients(workers)
+    assert a.get("/").status_code == 200
+    cookie = "; ".join(f"{k}={v}" for k, v in a.cookies.items())
+    query = "restart " + "word " * 300  # about 12 s at 40 ms a step: longer than two worker starts
+
+    async def scenario():
+        async with websockets.connect(f"{workers.ws_url}/ws/chat/", origin=workers.url,
+                                      additional_headers={"Cookie": cookie, "X-Request-ID": socket_id}) as ws:
+            await ws.send(json.dumps({"type": "chat", "query": query, "request_id": "r",
+                                      "params": {"max_new_tokens": 400}}))
+            while (frame := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] != "delta":
+                pass
+            workers.process.send_signal(signal.SIGHUP)  # mid-answer
+            while (frame := json.loads(await asyncio.wait_for(ws.recv(), 120)))["type"] not in ("done", "error"):
+                pass
+            return frame, workers.log
+
+    socket_id = uuid.uuid4().hex
+    done, log_at_done = asyncio.run(scenario())
+    # The worker holding the socket was told to stop while the answer ran, and finished it.
+    assert f"worker {worker_of(workers, socket_id)} replaced by" in log_at_done
+    # Ended by the model (its budget may cut it: "length"), not by the restart.
+    assert done["type"] == "done" and done["finish_reason"] in ("stop", "length")
+    assert ("You said: " + query).startswith(done["response"]) and len(done["response"]) > 200
+    wait_for(lambda: workers.log.count("replaced by") == 2, timeout=180)
+    with httpx.Client(base_url=workers.url, timeout=60, cookies=a.cookies) as page:
+        saved = page.get(f"/api/conversations/{done['conversation_id']}").json()
+    answers = [m for m in saved["messages"] if m["role"] == "assistant"]
+    assert (answers[-1]["content"], answers[-1]["finish_reason"]) == (done["response"], done["finish_reason"])

@@ -36,7 +36,9 @@ from .engine import (
     get_engine,
 )
 from . import tree
+from .claims import BUSY, LIMIT, shared_claims
 from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, not_found
+from .metrics import TurnWatch
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
 from .owners import Owner
 
@@ -83,19 +85,26 @@ class _Claim:
     """A turn's hold on its conversation (one answer at a time) and on one of its owner's
     running slots. Checked and taken with no `await` in between, so that concurrent requests
     cannot all pass the checks before any of them registers; released when the turn ends or
-    fails to start. Counted per process, like the engine itself."""
+    fails to start. Counted per process, and with REDIS_URL across processes too."""
 
     conversations: set[str] = set()
     running: collections.Counter = collections.Counter()
 
     def __init__(self, owner: Owner, conversation_id: str | None):
-        if conversation_id is not None and conversation_id in self.conversations:
+        limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
+        busy = conversation_id is not None and conversation_id in self.conversations
+        over = owner.is_person and limit and self.running[owner] >= limit
+        # With REDIS_URL, every process's claims are checked too (chat/claims.py).
+        self.shared, self.token = shared_claims(), ""
+        if self.shared is not None and not busy and not over:
+            verdict, self.token = self.shared.acquire(owner, conversation_id, limit if owner.is_person else 0)
+            busy, over = verdict == BUSY, verdict == LIMIT
+        if busy:
             raise ChatError(
                 "An answer is still being generated in this conversation.",
                 status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
             )
-        limit = settings.CHATGLM["MAX_RUNNING_PER_USER"]
-        if owner.is_person and limit and self.running[owner] >= limit:
+        if over:
             raise ChatError(
                 f"You already have {limit} answers being generated; wait for one to finish or stop it.",
                 status=429, type="rate_limit_error", code="too_many_running", retry_after=5,
@@ -109,6 +118,8 @@ class _Claim:
         if conversation_id is not None:
             self.conversation_id = conversation_id
             self.conversations.add(conversation_id)
+            if self.token and conversation_id:
+                self.shared.hold(self.token, conversation_id)
 
     def release(self) -> None:
         if self.held:
@@ -118,6 +129,8 @@ class _Claim:
             if self.running[self.owner] <= 0:
                 del self.running[self.owner]
             self.conversations.discard(self.conversation_id)
+            if self.token:
+                self.shared.release(self.token)
 
 
 class Turn:
@@ -191,6 +204,7 @@ class Turn:
 
     async def _run(self) -> None:
         result = None
+        watch = TurnWatch(self.input.source)  # metrics (chat/metrics.py)
         idle = settings.CHATGLM["GENERATION_TIMEOUT"] or None  # seconds without progress: a hung model
         try:
             events = self._request.events()
@@ -205,6 +219,8 @@ class Turn:
                 if isinstance(event, GenerationResult):
                     result = event
                 else:
+                    if isinstance(event, TextDelta):
+                        watch.delta()
                     self._publish(event)
         except asyncio.CancelledError:
             self._request.cancel()
@@ -222,6 +238,7 @@ class Turn:
             if self.conversation_id is not None and _live_turns.get(self.conversation_id) is self:
                 del _live_turns[self.conversation_id]
             self._claim.release()
+            watch.done(result, self.id)
             self.done = TurnDone(result, self.conversation_id, self.message_id)
             self._publish(self.done)
 
@@ -282,12 +299,16 @@ class _IdleTimer:
         self.handle.cancel()
 
 
-async def shut_down(timeout: float) -> None:
-    """For a server that is stopping: refuse new turns and end the running ones now, each saved
-    and reported to its listeners as an error (`server_shutdown`), waiting up to `timeout` s."""
+async def shut_down(timeout: float, grace: float = 0.0) -> None:
+    """For a server that is stopping: refuse new turns, let the running ones finish for up to
+    `grace` s (CHATGLM_SHUTDOWN_GRACE), then end the rest now, each saved and reported to its
+    listeners as an error (`server_shutdown`), waiting up to `timeout` s for that."""
     global _shutting_down
     _shutting_down = True
     tasks = list(_runner_tasks)
+    if tasks and grace > 0:
+        await asyncio.wait(tasks, timeout=grace)
+    tasks = [task for task in tasks if not task.done()]
     for task in tasks:
         task.cancel()
     if tasks:

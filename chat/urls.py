@@ -11,4 +11,5 @@ urlpatterns = [
     path("", include("chat.views.search")),
     path("", include("chat.views.shares")),
     path("", include("chat.views.accounts")),
+    path("", include("chat.views.ops")),
 ]

@@ -319,3 +319,24 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_CLIENT_IP_CALLABLE = "chat.client_ip.client_ip"
 # ---- end of the access block ------------------------------------------------------------------
+
+# ---- Deployment: access log with request ids, several workers (README "Deployment") ----------
+# Every log line carries the request id of the request it belongs to ("-" outside requests);
+# chat.access writes one JSON line per HTTP response or WebSocket session.
+LOGGING["filters"] = {"request_id": {"()": "chat.metrics.RequestIdFilter"}}
+LOGGING["formatters"]["plain"]["format"] = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+LOGGING["handlers"]["console"]["filters"] = ["request_id"]
+LOGGING["loggers"]["chat.access"] = {
+    "handlers": ["console"], "propagate": False,
+    "level": "INFO" if env_bool("CHATGLM_ACCESS_LOG", True) else "WARNING",
+}
+# redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's BZPOPMIN wait:
+# an idle socket's receive then fails with "Timeout reading" and the consumer closes (1011).
+# A read may take the blocking wait plus a margin; a dead Redis still fails within it.
+if CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer":
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
+        {"address": address, "socket_timeout": 15} for address in CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+    ]
+# Seconds a running answer may go on after SIGTERM before it is ended as a saved error.
+CHATGLM["SHUTDOWN_GRACE"] = float(os.environ.get("CHATGLM_SHUTDOWN_GRACE", "30"))
+# ---- end of the deployment block ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from ..engine import get_engine
 from ..owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY, api_keys
 from ..throttle import new_page_session_wait
+from ..upstream_health import health_fields
 
 
 @ensure_csrf_cookie
@@ -54,6 +55,7 @@ def healthz(request):
         "context_length": info.context_length,
         "queue": engine.queue_length(),
         "running": engine.running_count(),
+        **health_fields(engine),  # the upstream engine's reachability (chat/upstream_health.py)
     })
 
 

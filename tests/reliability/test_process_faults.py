@@ -64,7 +64,8 @@ async def read_socket(url: str, started: asyncio.Event) -> list:
 
 
 async def test_sigterm_ends_every_open_stream_with_an_error_and_exits(server_factory):
-    server = server_factory.start(env={"CHATGLM_FAKE_DELAY_MS": "20"})
+    # No grace: running answers end at once (tests/deploy/test_shutdown.py: within a grace).
+    server = server_factory.start(env={"CHATGLM_FAKE_DELAY_MS": "20", "CHATGLM_SHUTDOWN_GRACE": "0"})
     started = [asyncio.Event() for _ in range(3)]
     readers = [
         asyncio.create_task(read_sse(f"{server.url}/stream", {"query": LONG}, started[0])),

@@ -69,7 +69,9 @@ class OpenAIBackend(Backend):
                 f"upstream {_without_credentials(self.base_url)} does not serve model {self.model or '(any)'}"
             )
         self.model = chosen["id"]
-        self.context_length = int(chosen.get("max_model_len") or chosen.get("context_length") or self.context_length)
+        # vLLM says max_model_len; llama.cpp's server meta.n_ctx (the context of one slot).
+        self.context_length = int(chosen.get("max_model_len") or chosen.get("context_length")
+                                  or (chosen.get("meta") or {}).get("n_ctx") or self.context_length)
 
     @property
     def info(self) -> ModelInfo:
@@ -105,7 +107,10 @@ class OpenAIBackend(Backend):
 
     async def _complete(self, client: httpx.AsyncClient, seq: Sequence) -> None:
         budget = min(seq.params.max_new_tokens or self.default_max_new_tokens(), self.context_length)
-        seq.begin(self.count_prompt_tokens(seq.messages), None, budget)
+        # The upstream ends the answer at max_tokens itself; the local budget is one more (a
+        # chunk carries at least one token), so the stream is read on to its usage chunk, which
+        # comes after the last text, instead of being closed on the budget's last chunk.
+        seq.begin(self.count_prompt_tokens(seq.messages), None, budget + 1)
         body = {
             "model": self.model, "messages": seq.messages, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},
@@ -140,6 +145,8 @@ class OpenAIBackend(Backend):
                         if text and not seq.push_text(text):
                             return  # stop string, budget or cancellation: closing aborts upstream
                         upstream_reason = choice.get("finish_reason") or upstream_reason
+            if upstream_reason is None:  # every OpenAI stream ends with a finish_reason: this one was cut
+                raise httpx.RemoteProtocolError("the stream ended without a finish_reason")
             if held:
                 seq.push_text(held, tokens=0)  # a lone half at the very end (Sequence makes it U+FFFD)
             if reported_tokens is not None:

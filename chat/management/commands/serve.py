@@ -6,10 +6,12 @@ server accepts its first connection, instead of on the first request.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from chat.engine import EngineUnavailable, get_engine
@@ -53,6 +55,9 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="model directory, .gguf file, 'fake', or unset for the embedded default")
         parser.add_argument("--backend", help="auto, transformers, chatglm, openai or fake (env CHATGLM_BACKEND)")
         parser.add_argument("--upstream-url", dest="upstream_url", help="an OpenAI-compatible server to forward to")
+        # Several processes behind one address (chat/workers.py; README "Deployment").
+        parser.add_argument("--workers", type=int, default=1, help="web processes sharing the port (default 1)")
+        parser.add_argument("--listen-fd", dest="listen_fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
 
     def handle(self, *args, **options):
         for flag, env in FLAG_ENV.items():
@@ -66,9 +71,21 @@ class Command(BaseCommand):
         if not 1 <= options["port"] <= 65535:
             raise CommandError(f"--port must be between 1 and 65535, not {options['port']}")
 
+        if options["workers"] < 1:
+            raise CommandError(f"--workers must be at least 1, not {options['workers']}")
+        if options["workers"] > 1:
+            from chat.workers import supervise
+
+            try:
+                return supervise(self.stdout, options["host"], options["port"], options["workers"], config)
+            except RuntimeError as exc:
+                raise CommandError(str(exc)) from None
+        self.listen_fd = options["listen_fd"]
+
         from chat.turns import mark_interrupted_answers
 
-        interrupted = mark_interrupted_answers()
+        # A worker starts while its siblings generate: only a whole start marks leftovers.
+        interrupted = mark_interrupted_answers() if self.listen_fd is None else 0
         if interrupted:
             self.stdout.write(f"Marked {interrupted} interrupted answer(s) from a previous run as errors.")
 
@@ -91,6 +108,7 @@ class Command(BaseCommand):
         from chat import daphne_limits
         from chatglm_site.asgi import application
 
+        from chat.workers import worker_endpoints
         daphne_limits.install()  # bodies and slow requests refused at the socket
 
         shown = f"[{host}]" if ":" in host else host
@@ -98,11 +116,20 @@ class Command(BaseCommand):
         self.stdout.flush()
         from twisted.internet import reactor
 
-        reactor.callWhenRunning(_stop_gracefully_on_signals, reactor)
-        Server(
+        class ServerWithPorts(Server):
+            """Keeps its listening ports, so that a stopping server can close them first."""
+
+            ports: list = []
+
+            def listen_success(self, port):
+                self.ports.append(port)
+                super().listen_success(port)
+
+        reactor.callWhenRunning(_stop_gracefully_on_signals, reactor, ServerWithPorts.ports)
+        ServerWithPorts(
             signal_handlers=False,  # SIGTERM/SIGINT: _stop_gracefully_on_signals, not an abrupt stop
             application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
+            endpoints=worker_endpoints(self.listen_fd) or build_endpoint_description_strings(host=host, port=port),
             http_timeout=None,  # streams last as long as the answer
             # A socket lives as long as its client answers pings: a dead peer is dropped after
             # ping_interval + ping_timeout, a live one after a day at most (the page reconnects).
@@ -120,9 +147,11 @@ class Command(BaseCommand):
 SHUTDOWN_GRACE_SECONDS = 5.0  # for running answers to be saved and their streams told
 
 
-def _stop_gracefully_on_signals(reactor) -> None:
-    """On SIGTERM or SIGINT, end every running answer as an error (saved as such, and each open
-    stream or socket gets its `error` event or frame), then stop. A second signal stops at once.
+def _stop_gracefully_on_signals(reactor, ports: list) -> None:
+    """On SIGTERM or SIGINT, stop accepting connections (under `serve --workers` the siblings
+    keep accepting on the shared socket), refuse new turns, give running answers
+    CHATGLM_SHUTDOWN_GRACE seconds to finish, end the rest as errors (saved as such, and each
+    open stream or socket gets its `error` event or frame), then stop. A second signal stops at once.
     (Twisted's own handler would stop the reactor at once: streams cut mid-answer, answers
     left "generating" until the next start.)"""
     import asyncio
@@ -135,7 +164,9 @@ def _stop_gracefully_on_signals(reactor) -> None:
 
     async def stop() -> None:
         try:
-            await shut_down(SHUTDOWN_GRACE_SECONDS)
+            for port in ports:
+                port.stopListening()
+            await shut_down(SHUTDOWN_GRACE_SECONDS, grace=settings.CHATGLM["SHUTDOWN_GRACE"])
             await asyncio.sleep(0.3)  # the streams write their last event
         finally:
             reactor.stop()

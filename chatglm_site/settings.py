@@ -89,7 +89,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 # No GZipMiddleware: it gzips each chunk of an async stream as its own gzip member, and
-# browsers decode only the first one (PITFALLS.md #6).
+# browsers decode only the first one (docs/pitfalls.md#no-gzip).
 
 ROOT_URLCONF = "chatglm_site.urls"
 ASGI_APPLICATION = "chatglm_site.asgi.application"
@@ -132,7 +132,7 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent streams finish and write at once. IMMEDIATE transactions take the write lock
     # up front (a DEFERRED read-then-write fails at once with "database is locked"), WAL lets
-    # readers go on during a write, and the timeout makes writers wait their turn (PITFALLS #8).
+    # readers go on during a write, and the timeout makes writers wait their turn (docs/pitfalls.md#sqlite).
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
@@ -330,13 +330,6 @@ LOGGING["loggers"]["chat.access"] = {
     "handlers": ["console"], "propagate": False,
     "level": "INFO" if env_bool("CHATGLM_ACCESS_LOG", True) else "WARNING",
 }
-# redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's BZPOPMIN wait:
-# an idle socket's receive then fails with "Timeout reading" and the consumer closes (1011).
-# A read may take the blocking wait plus a margin; a dead Redis still fails within it.
-if CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer":
-    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
-        {"address": address, "socket_timeout": 15} for address in CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
-    ]
 # Seconds a running answer may go on after SIGTERM before it is ended as a saved error.
 CHATGLM["SHUTDOWN_GRACE"] = float(os.environ.get("CHATGLM_SHUTDOWN_GRACE", "30"))
 # ---- end of the deployment block ----------------------------------------------------------------

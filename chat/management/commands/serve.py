@@ -1,6 +1,6 @@
 """`manage.py serve`: the seed's flags, the model loaded and warmed up, then Daphne.
 
-Daphne has no lifespan events (PITFALLS #16), so the model is loaded here, before the
+Daphne has no lifespan events (docs/pitfalls.md#no-lifespan), so the model is loaded here, before the
 server accepts its first connection, instead of on the first request.
 """
 

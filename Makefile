@@ -31,6 +31,7 @@ test: install
 bench: install
 	$(PY) bench/bench_serving.py
 	$(PY) bench/bench_llamacpp.py
+	$(PY) bench/bench_torch.py
 
 vendor:
 	bash scripts/vendor.sh

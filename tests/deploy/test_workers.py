@@ -54,6 +54,14 @@ def two_clients(server) -> tuple[httpx.Client, httpx.Client]:
     pytest.fail("every connection went to one worker")
 
 
+def browser_session(client: httpx.Client) -> None:
+    """Give a client the cookies of a browser that has used the page: the CSRF cookie from a page
+    load, and a session from its first conversation (a page load makes none)."""
+    assert client.get("/").status_code == 200
+    created = client.post("/api/conversations", json={}, headers={"X-CSRFToken": client.cookies["csrftoken"]})
+    assert created.status_code == 201, created.text
+
+
 def stream_until_first_delta(client: httpx.Client, body: dict, headers=None):
     """Start a /stream in a thread; return once it has sent text (the answer is running)."""
     started, result = threading.Event(), {}
@@ -104,7 +112,7 @@ def test_a_conversation_continues_across_workers_and_the_rules_hold(workers):
 
 def test_the_per_user_limit_holds_across_workers(workers):
     a, b = two_clients(workers)
-    assert a.get("/").status_code == 200  # a browser: session and CSRF cookies from the page
+    browser_session(a)
     b.cookies.update(a.cookies)
     headers = {"X-CSRFToken": a.cookies["csrftoken"], "Origin": workers.url, "Referer": workers.url + "/"}
     thread, _ = stream_until_first_delta(a, {"query": " ".join(["long"] * 60)}, headers)
@@ -120,7 +128,7 @@ def test_live_sync_across_workers_on_open_sockets(workers):
     """Tabs on other workers follow answers that a tab on one worker asks for, on sockets that
     stay open (idle and busy) across several answers."""
     a, _ = two_clients(workers)
-    assert a.get("/").status_code == 200
+    browser_session(a)
     cookie = "; ".join(f"{k}={v}" for k, v in a.cookies.items())
     ids = [uuid.uuid4().hex for _ in range(6)]
 
@@ -178,7 +186,7 @@ def test_an_answer_followed_through_a_rolling_restart_is_not_lost(workers):
     within CHATGLM_SHUTDOWN_GRACE, and the browser gets `done`; the page then reconnects to a
     new worker and finds the answer saved."""
     a, _ = two_clients(workers)
-    assert a.get("/").status_code == 200
+    browser_session(a)
     cookie = "; ".join(f"{k}={v}" for k, v in a.cookies.items())
     query = "restart " + "word " * 300  # about 12 s at 40 ms a step: longer than two worker starts
 

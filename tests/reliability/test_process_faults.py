@@ -49,7 +49,8 @@ async def read_sse(url: str, body: dict, started: asyncio.Event) -> list:
 
 async def read_socket(url: str, started: asyncio.Event) -> list:
     frames = []
-    async with connect(url, origin="http://127.0.0.1") as socket:
+    origin = "http://" + url.split("//", 1)[1].split("/", 1)[0]  # the site's own, port included
+    async with connect(url, origin=origin) as socket:
         await socket.send(json.dumps({"type": "chat", "query": LONG, "request_id": "w1"}))
         try:
             async for raw in socket:

@@ -115,15 +115,7 @@ async def _answer(request, parse, shapes, query_of):
     shape = shapes(turn.id, req)
     if req.stream:
         return sse.response(_stream_body(turn, shape), turn)
-    try:
-        async for event in turn.events():
-            if isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    raise failure(turn, event)
-                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage())
-                return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
-    finally:
-        turn.cancel()  # the client went away before the answer: stop generating for nobody
+    return await _whole_answer(turn, shape)
 
 
 @csrf_exempt  # programs only: api_caller never uses the session here
@@ -203,15 +195,7 @@ async def responses(request):
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:
         return sse.response(_response_events(turn, shape), turn)
-    try:
-        async for event in turn.events():
-            if isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    raise failure(turn, event)
-                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage())
-                return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
-    finally:
-        turn.cancel()
+    return await _whole_answer(turn, shape)
 
 
 async def _response_events(turn, shape: ResponseShapes):
@@ -246,3 +230,16 @@ urlpatterns = [
     path("v1/models/<path:model_id>", model, name="openai-model"),
     re_path(r"^v1(?:/(?P<rest>.*))?$", unknown_url, name="openai-unknown"),
 ]
+
+
+async def _whole_answer(turn, shape) -> JsonResponse:
+    """A non-streamed answer in the endpoint's shape, once the turn ends."""
+    try:
+        async for event in turn.events():
+            if isinstance(event, TurnDone):
+                if event.result.finish_reason not in ("stop", "length"):
+                    raise failure(turn, event)
+                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage())
+                return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
+    finally:
+        turn.cancel()  # the client went away before the answer: stop generating for nobody

@@ -155,14 +155,21 @@ class AccessLog:
         request_id = given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
         request_id_var.set(request_id)  # this task's context: the app and its tasks inherit it
         started = time.monotonic()
-        state = {"status": None, "bytes": 0}
+        state = {"status": None, "bytes": 0, "turn_id": None}
         protocol = protocol_of(scope)
 
         async def sending(message):
             kind = message["type"]
             if kind == "http.response.start":
                 state["status"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+                headers = message.get("headers", [])
+                # An error names its turn's id in its message and its own X-Request-ID: one
+                # header, the id the client can quote; the access line records both.
+                named = [value for name, value in headers if name.lower() == b"x-request-id"]
+                if named:
+                    state["turn_id"] = named[0].decode("latin-1")
+                else:
+                    message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
             elif kind == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
             elif kind == "websocket.accept":
@@ -184,6 +191,7 @@ class AccessLog:
                 "method": scope.get("method", "WS"), "path": scope.get("path", ""), "status": status,
                 "bytes": state["bytes"], "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 "client": client[0], "worker": os.getpid(),
+                **({"turn_id": state["turn_id"]} if state["turn_id"] else {}),
             }))
 
 

@@ -3,6 +3,7 @@ one raw body (or frame) to each endpoint and read back the error the same way fo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 
@@ -34,6 +35,19 @@ def fresh_channel_layer():
     channel_layers.backends = {}
     yield
     channel_layers.backends = {}
+
+
+@pytest.fixture(autouse=True)
+async def settled_turns():
+    """Let every turn a test started save its answer before the database is flushed: a save
+    that lands after the flush leaves a row behind for the next test (seen on PostgreSQL)."""
+    yield
+    from chat import turns
+
+    loop = asyncio.get_running_loop()
+    pending = [task for task in turns._runner_tasks if not task.done() and task.get_loop() is loop]
+    if pending:
+        await asyncio.wait(pending, timeout=30)
 
 
 @dataclasses.dataclass

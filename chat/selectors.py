@@ -72,6 +72,9 @@ def time_budget(seconds: float):
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute("SET LOCAL statement_timeout = %s", [max(1, int(seconds * 1000))])
                 yield
+                # Inside an outer transaction this block is a savepoint, and a SET LOCAL outlives
+                # a released savepoint: give the rest of that transaction its timeout back.
+                cursor.execute("SET LOCAL statement_timeout = DEFAULT")
         elif connection.vendor == "sqlite":
             # No transaction: an IMMEDIATE one (settings.py) would hold the write lock meanwhile.
             connection.ensure_connection()

@@ -284,7 +284,7 @@ class ModelInfo:
 class Backend(abc.ABC):
     """A loaded model. Every method but `info`/`count_prompt_tokens` runs on the engine thread.
 
-    `generate()` receives up to `max_batch_size` sequences at once; a backend that batches
+    `run()` receives up to `max_batch_size` sequences at once; a backend that batches
     decodes them together, one that does not may leave `max_batch_size` at 1.
     """
 
@@ -306,14 +306,24 @@ class Backend(abc.ABC):
         """Tokens the prompt for these messages takes. Must be safe to call from any thread."""
 
     @abc.abstractmethod
-    def generate(self, sequences: list[Sequence]) -> None:
-        """Generate for every sequence until each is finished (by push_token or finish)."""
+    def run(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
+        """Generate for every sequence until each is finished (by push_token or finish).
+        `admit(n)` returns up to n sequences that arrived since: a backend that batches takes
+        them into the running batch (continuous batching); one that does not may ignore it,
+        and they wait for the next call."""
 
-    def generate_continuous(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
-        """Like generate(), for a backend that can take new sequences into a running batch:
-        `admit(n)` returns up to n sequences that arrived since (continuous batching). The
-        default decodes a static batch; new arrivals wait for the next one."""
-        self.generate(sequences)
+    def generate(self, sequences: list[Sequence]) -> None:
+        """A static batch: `run()` with nothing more to admit."""
+        self.run(sequences, lambda limit: [])
+
+    def token_budget(self, params: GenerationParams, prompt_tokens: int) -> int:
+        """New tokens a sequence may generate, the same on every backend: `max_new_tokens` (or
+        the backend's default), then the seed API's `max_length` (prompt + answer, as
+        ChatGLM's `stream_chat` counts), then what the context has left after the prompt."""
+        budget = params.max_new_tokens or self.default_max_new_tokens()
+        if params.max_length:
+            budget = min(budget, params.max_length - prompt_tokens)
+        return min(budget, self.info.context_length - prompt_tokens)
 
     def clear_cache(self) -> None:
         """Free cached accelerator memory (the seed's /clear). A no-op on CPU."""

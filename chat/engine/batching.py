@@ -2,7 +2,7 @@
 
 A backend supplies what is model-specific: its prompt format and token decoder, how prompts
 are prefilled into a key/value cache, and how that cache takes one step, drops rows and takes
-newcomers in (a `KVBatch`). This module owns the rest, once for all: the token budget,
+newcomers in (a `KVBatch`). This module owns the rest, once for all: applying the token budget,
 picking every row's next token in one batched pass (`sampling.pick_tokens`, with the ids each
 row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`),
 dropping finished rows, and merging requests that arrived meanwhile between steps.
@@ -21,16 +21,6 @@ import torch.nn.functional as F
 
 from .base import Decoder, GenerationParams, Message, Sequence
 from .sampling import SamplingConfig, make_generator, pick_tokens
-
-
-def token_budget(params: GenerationParams, prompt_tokens: int, context_length: int, default_max_new_tokens: int) -> int:
-    """New tokens a sequence may generate: `max_new_tokens` (or the backend's default), then
-    the seed API's `max_length` (prompt + answer, as ChatGLM's `stream_chat` counts), then what
-    the context leaves. Zero or less: the prompt leaves no room."""
-    budget = params.max_new_tokens or default_max_new_tokens
-    if params.max_length:
-        budget = min(budget, params.max_length - prompt_tokens)
-    return min(budget, context_length - prompt_tokens)
 
 
 class KVBatch(Protocol):
@@ -79,7 +69,7 @@ class Batch:
 
 
 class ContinuousBatcher:
-    """Drives one `Backend.generate_continuous` call.
+    """Drives one `Backend.run` call.
 
     `prompt(messages)` gives a sequence's prompt ids and `decoder()` a fresh token decoder for
     it; `prefill(prompts)` runs prompts and returns their last logits [B, V] and their KVBatch.
@@ -92,15 +82,14 @@ class ContinuousBatcher:
         decoder: Callable[[], Decoder],
         prefill: Callable[[list[list[int]]], tuple[torch.Tensor, KVBatch]],
         eos_ids: Iterable[int],
-        context_length: int,
-        default_max_new_tokens: int,
+        budget: Callable[[GenerationParams, int], int],
         sampling_defaults: SamplingConfig,
         max_batch_size: int,
         device: torch.device | str,
     ):
         self.prompt, self.decoder, self.prefill = prompt, decoder, prefill
         self.eos_ids = frozenset(eos_ids)
-        self.context_length, self.default_max_new_tokens = context_length, default_max_new_tokens
+        self.budget = budget  # Backend.token_budget
         self.sampling_defaults = sampling_defaults
         self.max_batch_size = max_batch_size
         self.device = torch.device(device)
@@ -108,7 +97,7 @@ class ContinuousBatcher:
     def start(self, seq: Sequence) -> list[int] | None:
         """Build the prompt and begin the sequence with its budget; None if it has no room."""
         prompt = self.prompt(seq.messages)
-        budget = token_budget(seq.params, len(prompt), self.context_length, self.default_max_new_tokens)
+        budget = self.budget(seq.params, len(prompt))
         seq.begin(len(prompt), self.decoder(), budget)
         if budget <= 0:
             seq.finish("length")

@@ -336,7 +336,7 @@ class Engine:
 
         try:
             if live:
-                backend.generate_continuous(list(live), admit)
+                backend.run(list(live), admit)
         except Exception as exc:  # noqa: BLE001 - a failed generation must not stop the engine
             log.exception("generation failed")  # the details go to the log, not to clients
             for seq in live:

@@ -82,6 +82,18 @@ async def test_stop_strings_budget_and_cancellation(upstream):
     engine.stop()
 
 
+async def test_max_length_counts_the_prompt_as_on_every_backend(upstream):
+    """The seed API's max_length is prompt + answer here too (the prompt as this backend
+    estimates it): a limit the prompt alone fills leaves no room for an answer."""
+    engine = engine_for(upstream)
+    prompt = engine.backend.count_prompt_tokens([{"role": "user", "content": "alpha beta gamma"}])
+    text, result = await run(engine, "alpha beta gamma", GenerationParams(max_length=prompt))
+    assert text == "" and result.finish_reason == "length"
+    text, result = await run(engine, "alpha beta gamma", GenerationParams(max_length=prompt + 3))
+    assert result.finish_reason == "length" and 0 < result.completion_tokens <= 3
+    engine.stop()
+
+
 async def test_upstream_failure_mid_stream_is_an_error_result(upstream):
     engine = engine_for(upstream)
     _, result = await run(engine, "[[fake:error]] please")

@@ -77,17 +77,13 @@ class ChatGLMBackend(Backend):
             raise RuntimeError("the ChatGLM backend is not loaded")
         return self.model, self.tokenizer
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
-
-    def generate_continuous(self, sequences: list[Sequence], admit) -> None:
+    def run(self, sequences: list[Sequence], admit) -> None:
         """Decode the batch step by step; between steps, sequences that arrived since are
         prefilled and merged into it (continuous batching)."""
         model, tokenizer = self._loaded()
         batcher = ContinuousBatcher(
             prompt=self._prompt, decoder=tokenizer.stream_decoder, prefill=self._prefill,
-            eos_ids=tokenizer.eos_token_ids, context_length=model.config.context_length,
-            default_max_new_tokens=self.default_max_new_tokens(),
+            eos_ids=tokenizer.eos_token_ids, budget=self.token_budget,
             sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
             device=model.device,
         )

@@ -73,10 +73,7 @@ class FakeBackend(Backend):
             return "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
         return f"You said: {last_user}"
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
-
-    def generate_continuous(self, sequences, admit) -> None:
+    def run(self, sequences, admit) -> None:
         """Decode step by step; between steps, new sequences join the batch (each has its own
         position in its answer, as in a real continuous-batching engine)."""
         plans = [self._plan(seq) for seq in sequences]
@@ -105,10 +102,7 @@ class FakeBackend(Backend):
     def _plan(self, seq: Sequence) -> list:
         """[sequence, the answer's token ids, the next step]."""
         prompt_tokens = self.count_prompt_tokens(seq.messages)
-        budget = seq.params.max_new_tokens or self.default_max_new_tokens()
-        if seq.params.max_length:
-            budget = min(budget, seq.params.max_length - prompt_tokens)
-        budget = min(budget, self.context_length - prompt_tokens)  # as a real model's context would
+        budget = self.token_budget(seq.params, prompt_tokens)
         seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
         if budget <= 0:
             seq.finish("length")

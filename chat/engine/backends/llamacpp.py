@@ -266,10 +266,7 @@ class LlamaCppBackend(Backend):
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
-
-    def generate_continuous(self, sequences, admit) -> None:
+    def run(self, sequences, admit) -> None:
         """One thread per sequence, each inside llama.cpp's blocking call; newcomers are admitted
         while slots are free. Returns when every sequence has ended."""
         threads = [self._start(seq) for seq in sequences]
@@ -301,11 +298,7 @@ class LlamaCppBackend(Backend):
 
     def _generate_one(self, seq: Sequence) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)
-        budget = min(
-            seq.params.max_new_tokens or self.default_max_new_tokens(),
-            (seq.params.max_length or self.context_length) - prompt_tokens,
-            self.context_length - prompt_tokens,
-        )
+        budget = self.token_budget(seq.params, prompt_tokens)
         if budget <= 0:
             seq.begin(prompt_tokens, None, budget)
             seq.finish("length")

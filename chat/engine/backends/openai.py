@@ -85,10 +85,7 @@ class OpenAIBackend(Backend):
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages)
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
-
-    def generate_continuous(self, sequences, admit) -> None:
+    def run(self, sequences, admit) -> None:
         asyncio.run(self._run(sequences, admit))
 
     async def _run(self, sequences: list[Sequence], admit) -> None:
@@ -106,11 +103,16 @@ class OpenAIBackend(Backend):
                     tasks[asyncio.create_task(self._complete(client, seq))] = seq
 
     async def _complete(self, client: httpx.AsyncClient, seq: Sequence) -> None:
-        budget = min(seq.params.max_new_tokens or self.default_max_new_tokens(), self.context_length)
+        prompt_tokens = self.count_prompt_tokens(seq.messages)
+        budget = self.token_budget(seq.params, prompt_tokens)
+        if budget <= 0:
+            seq.begin(prompt_tokens, None, budget)
+            seq.finish("length")
+            return
         # The upstream ends the answer at max_tokens itself; the local budget is one more (a
         # chunk carries at least one token), so the stream is read on to its usage chunk, which
         # comes after the last text, instead of being closed on the budget's last chunk.
-        seq.begin(self.count_prompt_tokens(seq.messages), None, budget + 1)
+        seq.begin(prompt_tokens, None, budget + 1)
         body = {
             "model": self.model, "messages": seq.messages, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},

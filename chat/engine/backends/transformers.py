@@ -172,17 +172,13 @@ class TransformersBackend(Backend):
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
-
-    def generate_continuous(self, sequences: list[Sequence], admit) -> None:
+    def run(self, sequences: list[Sequence], admit) -> None:
         """Decode a batch step by step. Between steps, sequences that arrived since are
         prefilled and merged into the running batch (continuous batching), so a new request
         does not wait for the longest answer of the batch to end."""
         batcher = ContinuousBatcher(
             prompt=self._prompt_ids, decoder=lambda: IncrementalDetokenizer(self._fast_decode),
-            prefill=self._prefill, eos_ids=self.eos_ids, context_length=self.context_length,
-            default_max_new_tokens=self.default_max_new_tokens(), sampling_defaults=self.sampling_defaults,
+            prefill=self._prefill, eos_ids=self.eos_ids, budget=self.token_budget, sampling_defaults=self.sampling_defaults,
             max_batch_size=self.max_batch_size, device=self.device,
         )
         with torch.inference_mode():

@@ -32,7 +32,8 @@ def get_engine() -> Engine:
             from .backends import create_backend
 
             config = EngineConfig.from_env()
-            _engine = Engine(lambda: create_backend(config), max_queue=config.max_queue)
+            _engine = Engine(lambda: create_backend(config), max_queue=config.max_queue,
+                             max_waiting_per_owner=config.max_queued_per_client)
         return _engine
 
 

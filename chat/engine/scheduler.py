@@ -23,7 +23,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -139,8 +138,7 @@ class Engine:
         self._backend_factory = backend_factory
         self.max_queue = max_queue
         if max_waiting_per_owner is None:
-            raw = os.environ.get("CHATGLM_MAX_QUEUED_PER_CLIENT", "").strip()
-            max_waiting_per_owner = int(raw) if raw else max(1, max_queue // 4)
+            max_waiting_per_owner = max(1, max_queue // 4)
         self.max_waiting_per_owner = max_waiting_per_owner  # 0: no per-owner share
         self._backend: Backend | None = None
         self._waiting: collections.deque[Request] = collections.deque()

@@ -12,10 +12,10 @@ join between steps (continuous batching).
 
 from __future__ import annotations
 
-import os
 import time
 
 from ..base import Backend, Message, ModelInfo, Sequence
+from ..config import EngineConfig
 from ..detokenize import IncrementalDetokenizer
 
 ERROR_TRIGGER = "[[fake:error]]"
@@ -46,12 +46,9 @@ class FakeBackend(Backend):
         self.max_batch_size = max_batch_size
 
     @classmethod
-    def from_env(cls) -> FakeBackend:
-        return cls(
-            delay=float(os.environ.get("CHATGLM_FAKE_DELAY_MS", "0") or 0) / 1000,
-            context_length=int(os.environ.get("CHATGLM_FAKE_CONTEXT", "4096") or 4096),
-            max_batch_size=int(os.environ.get("CHATGLM_MAX_BATCH", "8") or 8),
-        )
+    def from_config(cls, config: EngineConfig) -> FakeBackend:
+        return cls(delay=config.fake_delay_ms / 1000, context_length=config.fake_context,
+                   max_batch_size=config.max_batch_size)
 
     def load(self) -> None:
         pass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 
 import httpx
 
@@ -45,7 +44,7 @@ class OpenAIBackend(Backend):
             # httpx turns URL credentials into a Basic Authorization header that replaced the
             # Bearer key; CHATGLM_UPSTREAM_API_KEY, the explicit setting, wins (README).
             self.base_url = _without_credentials(self.base_url)
-        self.model = os.environ.get("CHATGLM_UPSTREAM_MODEL", "").strip()
+        self.model = config.upstream_model
         self.max_batch_size = max(config.max_batch_size, config.max_queue)
         self.context_length = 8192
 

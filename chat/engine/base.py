@@ -316,6 +316,10 @@ class Backend(abc.ABC):
         """A static batch: `run()` with nothing more to admit."""
         self.run(sequences, lambda limit: [])
 
+    def wake(self) -> None:
+        """Called from any thread when a request arrives while `run()` runs: a backend that
+        sleeps between its own events (rather than stepping a batch) wakes up to `admit` it."""
+
     def token_budget(self, params: GenerationParams, prompt_tokens: int) -> int:
         """New tokens a sequence may generate, the same on every backend: `max_new_tokens` (or
         the backend's default), then the seed API's `max_length` (prompt + answer, as

@@ -213,6 +213,8 @@ class Engine:
             position = index + 1
             self._announce_positions(start=index + 1)
             self._cond.notify()
+        if self._running and self._backend is not None:
+            self._backend.wake()  # a running batch may take it now
         if position > 1 or self._running or not self._ready.is_set():
             request._emit_threadsafe(QueuePosition(position))
         return request

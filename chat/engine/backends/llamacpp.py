@@ -43,7 +43,6 @@ from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.002  # while slots are free, how often the engine queue is looked at
 PROMPT_CACHE_MIB = 1024  # llama.cpp's RAM cache of idle slots' prompts (its default is 8 GiB)
 # Sampler order of the project's own sampling (sampling.py): penalty, temperature, top-k, top-p.
 SAMPLERS = ["penalties", "temperature", "top_k", "top_p"]
@@ -140,7 +139,7 @@ class LlamaCppBackend(Backend):
         self.model_id = ""
         self.source = ""
         self.context_length = 0  # tokens of one slot: one conversation's prompt and answer
-        self._ended = threading.Event()  # a sequence's thread ended
+        self._wakeup = threading.Event()  # a sequence's thread ended, or a request arrived
         self._counts: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._counts_lock = threading.Lock()
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
@@ -271,16 +270,19 @@ class LlamaCppBackend(Backend):
         while slots are free. Returns when every sequence has ended."""
         threads = [self._start(seq) for seq in sequences]
         while True:
-            self._ended.clear()
+            self._wakeup.clear()
             threads = [t for t in threads if t.is_alive()]
             room = self.max_batch_size - len(threads)
             if room > 0:
                 threads += [self._start(seq) for seq in admit(room)]
             if not threads:
                 return
-            # Woken at once when a sequence ends; while slots are free, also every POLL_SECONDS
-            # to take newcomers (the engine's queue has no wake-up hook for a running backend).
-            self._ended.wait(POLL_SECONDS if len(threads) < self.max_batch_size else None)
+            # Sleeps until a sequence ends or a request arrives (wake()): no polling beside
+            # llama.cpp's own threads.
+            self._wakeup.wait()
+
+    def wake(self) -> None:
+        self._wakeup.set()
 
     def _start(self, seq: Sequence) -> threading.Thread:
         thread = threading.Thread(target=self._run, args=(seq,), name="llamacpp-sequence", daemon=True)
@@ -294,7 +296,7 @@ class LlamaCppBackend(Backend):
             log.exception("llama.cpp generation failed")
             seq.finish("error", error=f"the model failed ({type(exc).__name__})")
         finally:
-            self._ended.set()
+            self._wakeup.set()
 
     def _generate_one(self, seq: Sequence) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)

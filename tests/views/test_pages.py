@@ -18,7 +18,7 @@ MODULES = Path(__file__).resolve().parents[2] / "chat" / "static" / "chat"
 
 
 def import_map(html: str) -> dict[str, str]:
-    return json.loads(re.search(r'<script type="importmap"[^>]*>(.*?)</script>', html, re.S).group(1))["imports"]
+    return json.loads(re.search(r'<script type="importmap"[^>]*>(.*?)</script>', html, re.DOTALL).group(1))["imports"]
 
 
 @pytest.mark.django_db

@@ -2,7 +2,8 @@
 
 Every parameter of OpenAI's chat and (legacy) completions requests is either honoured or
 refused with a 400 naming it: never silently dropped. Parameters this server cannot honour
-yet (log probabilities, penalties, logit bias, tools, structured output, several choices) are
+yet (log probabilities, penalties, logit bias, structured output, several choices; tools outside
+/v1/chat/completions, which honours them: docs/tools.md) are
 still accepted at their no-op values, which SDKs and LangChain send by default
 (`frequency_penalty: 0`, `n: 1`, `logprobs: false`, `logit_bias: {}`, `tools: []`,
 `response_format: {"type": "text"}`). Fields OpenAI does not define are refused as OpenAI

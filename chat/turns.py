@@ -63,6 +63,10 @@ class TurnInput:
     # replaces; a question's own id regenerates its answer (then `query` is left empty).
     parent_id: int | None = None
     branch: bool = False
+    # Tool calling (chat/engine/tools.py): the tools offered, and the answer's steps so far
+    # (assistant tool calls and tool results after `query`) when the turn continues after them.
+    tools: list[dict] = dataclasses.field(default_factory=list)
+    steps: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +370,8 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     """Fit the prompt, admit it to the engine and save the question: the claimed part of a start."""
     system_prompt = inp.system_prompt if inp.system_prompt is not None else (conversation.system_prompt if conversation else "")
     # Tokenizing a long history takes a while: off the event loop, which serves every stream.
-    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params)
+    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params,
+                                                  inp.tools, inp.steps)
     try:
         request = engine.submit(messages, inp.params, owner=throttle.queue_owner(inp.owner))
     except EngineOverloaded as exc:
@@ -387,7 +392,8 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     return turn
 
 
-def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams):
+def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams,
+                tools: list[dict] = (), steps: list[dict] = ()):
     """Chat messages for the model, and how many of the oldest pairs were left out.
 
     Keeps the most recent pairs, at most CHATGLM_MAX_HISTORY of them, such that the prompt
@@ -402,7 +408,7 @@ def fit_history(engine, system_prompt: str, history: list[Pair], query: str, par
 
     def fits(count: int) -> bool:
         kept = candidates[len(candidates) - count :] if count else []
-        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + room <= limit
+        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query, tools, steps)) + room <= limit
 
     count = len(candidates)
     if count and not fits(count):
@@ -412,7 +418,7 @@ def fit_history(engine, system_prompt: str, history: list[Pair], query: str, par
             low, high = (middle, high) if fits(middle) else (low, middle)
         count = low
     kept = candidates[len(candidates) - count :] if count else []
-    return to_messages(system_prompt, kept, query), len(history) - len(kept)
+    return to_messages(system_prompt, kept, query, tools, steps), len(history) - len(kept)
 
 
 def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
@@ -428,12 +434,20 @@ def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
     return limit, min(budget, limit // 4)
 
 
-def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:
+def to_messages(system_prompt: str, history: list[Pair], query: str, tools: list[dict] = (),
+                steps: list[dict] = ()) -> list[dict]:
+    """Engine chat messages. An answer with tool calls is its steps (engine messages); offered
+    tools ride on the system message (chat/engine/tools.py)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if tools:
+        if not messages:
+            messages.append({"role": "system", "content": ""})
+        messages[0]["tools"] = list(tools)
     for question, answer in history:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": question})
+        messages += [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
     messages.append({"role": "user", "content": query})
-    return messages
+    return messages + list(steps)
 
 
 # -- persistence ------------------------------------------------------------------------------
@@ -446,7 +460,8 @@ def _saved_history(inp: TurnInput) -> tuple[Conversation, list[Pair], TurnInput]
     conversation = Conversation.objects.owned_by(inp.owner).filter(pk=inp.conversation_id).first()
     if conversation is None:
         raise not_found()
-    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content"))
+    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content", "tool_calls", "tool_call_id",
+                                                 "tool_name"))
     if not inp.branch:
         parent = tree.leaf_id(conversation, messages)
         return conversation, tree.pairs(tree.path_to(messages, parent)), dataclasses.replace(inp, parent_id=parent)
@@ -495,11 +510,9 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
                                                    content=system_prompt).pk
                 position = 1
             for question, answer in history:  # a seed client's history becomes part of the record
-                for role, content in ((Role.USER, question), (Role.ASSISTANT, answer)):
-                    parent_id = Message.objects.create(
-                        conversation=conversation, parent_id=parent_id, position=position, role=role, content=content,
-                        finish_reason=FinishReason.STOP if role == Role.ASSISTANT else "",
-                    ).pk
+                answer_steps = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
+                for step in [{"role": "user", "content": question}, *answer_steps]:
+                    parent_id = _save_step(conversation, parent_id, position, step)
                     position += 1
         else:
             # Update the row as it is now (a rename may have landed since it was read), and
@@ -523,6 +536,9 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
                                role=Role.USER, content=inp.query)
             question.explicit_root = parent_id is None
             question.save()
+            for step in inp.steps:  # the answer's tool calls and results so far
+                position += 1
+                question = Message(pk=_save_step(conversation, question.pk, position, step))
         answer = Message.objects.create(
             conversation=conversation, parent_id=question.pk, position=position + 1, role=Role.ASSISTANT,
             finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(), history_truncated=truncated,
@@ -531,11 +547,22 @@ def _save_question(inp: TurnInput, conversation, history: list[Pair], system_pro
     return str(conversation.id), question.pk, answer.pk
 
 
+def _save_step(conversation, parent_id, position: int, step: dict) -> int:
+    """Save one message of a history (engine message shape, chat/engine/tools.py); its id."""
+    return Message.objects.create(
+        conversation=conversation, parent_id=parent_id, position=position, role=step["role"],
+        content=step["content"], finish_reason=FinishReason.STOP if step["role"] == Role.ASSISTANT else "",
+        tool_calls=step.get("tool_calls") or [], tool_call_id=step.get("tool_call_id", ""),
+        tool_name=step.get("name", ""),
+    ).pk
+
+
 @sync_to_async
 def _save_answer(message_id: int, result: GenerationResult, params: GenerationParams) -> None:
     with transaction.atomic():
         Message.objects.filter(pk=message_id).update(
             content=result.text,
+            tool_calls=[call.as_dict() for call in result.tool_calls],
             finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,

@@ -43,7 +43,7 @@ def run(name: str, server) -> str:
 
 
 def test_the_readme_has_the_examples():
-    assert {"curl", "openai", "langchain", "original-demo"} <= set(examples())
+    assert {"curl", "openai", "openai-tools", "langchain", "original-demo"} <= set(examples())
 
 
 def test_curl(server):
@@ -68,6 +68,11 @@ def test_openai_sdk(server):
     assert lines[:2] == ["You said: 你好", "You said: 你好"]
     assert re.fullmatch(r"\d+ tokens", lines[2])
     assert lines[3] == "You said: 你好 / You said: 再见"
+
+
+def test_openai_tools(server):
+    assert run("openai-tools", server).splitlines() == [
+        "tool_calls get_weather {'city': 'Paris'}", "The tool said: 22 °C, sunny"]
 
 
 def test_langchain(server):

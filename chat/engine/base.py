@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence as SequenceABC
 from typing import Any, Protocol
 
+from .tools import ToolCall, ToolParser
+
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # replaced by U+FFFD in generated text
 
@@ -54,6 +56,10 @@ class GenerationParams:
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Tool calling (the tools themselves travel in the messages: see tools.py). None: the model
+    # decides; "required": it must call a tool; "function:NAME": it must call NAME.
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None  # None: several calls per answer allowed
 
     def as_dict(self) -> dict[str, Any]:
         """The non-default fields, for storage next to an answer."""
@@ -65,8 +71,9 @@ class GenerationParams:
         return out
 
 
-# Chat messages are plain dicts {"role": "system"|"user"|"assistant", "content": str}.
-Message = dict[str, str]
+# Chat messages are plain dicts {"role": "system"|"user"|"assistant", "content": str}; with
+# tools, also "tool" messages and the keys described in tools.py.
+Message = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +107,7 @@ class GenerationResult:
     duration: float = 0.0  # seconds from leaving the queue to the end
     queued_for: float = 0.0  # seconds spent waiting in the queue
     error: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()  # the answer's calls (its text is what is not a call)
 
     @property
     def total_tokens(self) -> int:
@@ -185,6 +193,9 @@ class Sequence:
         self._decoder: Decoder | None = None
         self._stop = StopMatcher(params.stop)
         self._parts: list[str] = []
+        # Set by the engine before generation when tools are offered (see Backend.tool_parser).
+        self.tool_parser: ToolParser | None = None
+        self.tool_calls: list[ToolCall] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.max_new_tokens = 0
@@ -244,6 +255,10 @@ class Sequence:
             self._send(self._stop.flush())
             if self._stop.stopped:
                 reason = "stop"
+        if self.tool_parser is not None and reason != "error":
+            text, calls = self.tool_parser.finish()
+            self._send(text, parsed=True)
+            self.tool_calls += calls
         self.finished = True
         now = time.monotonic()
         started = self.started_at if self.started_at is not None else now
@@ -256,10 +271,13 @@ class Sequence:
             duration=now - started,
             queued_for=started - self.queued_at,
             error=error,
+            tool_calls=tuple(self.tool_calls),
         )
         self._emit(self.result)
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str, parsed: bool = False) -> None:
+        if text and self.tool_parser is not None and not parsed:
+            text = self.tool_parser.feed(text)  # what may be a tool call is held back
         if text:
             # Every answer is stored and sent as UTF-8: a lone surrogate (which a backend
             # passing text through may hand us) cannot be encoded, and PostgreSQL refuses NUL.
@@ -334,3 +352,12 @@ class Backend(abc.ABC):
 
     def default_max_new_tokens(self) -> int:
         return 512
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        """Why this model cannot take the tools in `messages` with `params.tool_choice`
+        (a client sees it in a 400), or None when it can."""
+        return "this model has no tool-calling format on this server"
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams) -> ToolParser | None:
+        """The parser of this sequence's answer when tools are offered (None: no tools)."""
+        return None

@@ -313,7 +313,11 @@ class Engine:
             return batch
 
     def _generate(self, backend: Backend, batch: list[Request]) -> None:
-        live = [r.sequence for r in batch if not r.cancelled]
+        def prepared(seq: Sequence) -> Sequence:
+            seq.tool_parser = backend.tool_parser(seq.messages, seq.params)
+            return seq
+
+        live = [prepared(r.sequence) for r in batch if not r.cancelled]
         for request in batch:
             if request.cancelled:
                 request.sequence.finish("cancelled")
@@ -330,7 +334,7 @@ class Engine:
                 if request.cancelled:
                     request.sequence.finish("cancelled")
                 else:
-                    fresh.append(request.sequence)
+                    fresh.append(prepared(request.sequence))
             live.extend(fresh)
             return fresh
 

@@ -103,6 +103,14 @@ async def _answer(request, parse, shapes, query_of):
     data = read_json(request)
     req = parse(data, await served_model())
     system_prompt, history, query = query_of(req)
+    tools = getattr(req, "tools", [])
+    if getattr(req, "uses_tools", False):
+        backend = (await ready_engine()).backend
+        refusal = backend.tools_refusal([{"role": "system", "content": "", "tools": tools}], req.params)
+        if refusal is not None:
+            param = "tools" if tools else "messages"
+            raise ChatError(f"'{param}' cannot be served with this model: {refusal}.", param=param,
+                            code="unsupported_parameter")
     turn = await start_turn(TurnInput(
         owner=owner,
         source=Source.OPENAI,
@@ -111,6 +119,8 @@ async def _answer(request, parse, shapes, query_of):
         history=params.used_history(history),  # what cannot reach the model is not stored either
         system_prompt=system_prompt,
         store=req.store,
+        tools=tools,
+        steps=getattr(req, "steps", []),
     ))
     shape = shapes(turn.id, req)
     if req.stream:
@@ -147,7 +157,12 @@ async def _stream_body(turn, shape):
                 if event.result.finish_reason not in ("stop", "length"):
                     yield sse.event(None, {"error": failure(turn, event).as_dict()})
                     return
-                yield sse.event(None, shape.last(event.result.finish_reason))
+                reason = event.result.finish_reason
+                if event.result.tool_calls:
+                    for chunk in shape.tool_call_chunks(event.result.tool_calls):
+                        yield sse.event(None, chunk)
+                    reason = "tool_calls"
+                yield sse.event(None, shape.last(reason))
                 if shape.include_usage:
                     yield sse.event(None, shape.usage_chunk(event.result.usage()))
                 yield sse.event(None, "[DONE]")
@@ -239,7 +254,8 @@ async def _whole_answer(turn, shape) -> JsonResponse:
             if isinstance(event, TurnDone):
                 if event.result.finish_reason not in ("stop", "length"):
                     raise failure(turn, event)
-                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage())
+                calls = {"tool_calls": event.result.tool_calls} if event.result.tool_calls else {}
+                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage(), **calls)
                 return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
     finally:
         turn.cancel()  # the client went away before the answer: stop generating for nobody

@@ -140,3 +140,26 @@ def test_the_api_key_wins_over_credentials_in_the_url(upstream):
     engine = Engine(lambda: backend)
     assert engine.wait_ready(30).model_id == "fake"
     engine.stop()
+
+
+async def test_tool_calls_pass_through(upstream):
+    """Tools, a forced tool_choice, and the call and its result in history reach the upstream;
+    its streamed `tool_calls` come back as calls (the upstream here: the fake model's server)."""
+    engine = engine_for(upstream)
+    tools = [{"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+             {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    messages = [{"role": "system", "content": "", "tools": tools},
+                {"role": "user", "content": '[[fake:call get_weather {"city": "Oslo"}]]'}]
+    result = [e async for e in engine.stream(messages, GenerationParams())][-1]
+    [call] = result.tool_calls
+    assert (call.name, call.arguments, result.text) == ("get_weather", '{"city": "Oslo"}', "")
+    assert call.id.startswith("call_")
+    forced = [e async for e in engine.stream(messages[:1] + [{"role": "user", "content": "hi"}],
+                                             GenerationParams(tool_choice="function:get_weather"))][-1]
+    assert [c.name for c in forced.tool_calls] == ["get_weather"]
+    follow_up = messages + [
+        {"role": "assistant", "content": "", "tool_calls": [call.as_dict()]},
+        {"role": "tool", "content": "sunny", "tool_call_id": call.id, "name": "get_weather"}]
+    events = [e async for e in engine.stream(follow_up, GenerationParams())]
+    assert events[-1].text == "The tool said: sunny" and not events[-1].tool_calls
+    engine.stop()

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher
 from ..config import EngineConfig
 from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
 from ..models.loading import load_model
 from ..sampling import SamplingConfig
+from ..tools import chatglm3_messages, chatglm3_parser, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,22 @@ class ChatGLMBackend(Backend):
 
     def _prompt(self, messages: list[Message]) -> list[int]:
         _, tokenizer = self._loaded()
+        if tokenizer.family == "v3":
+            messages = chatglm3_messages(messages)  # tools, calls and results in ChatGLM3's own format
         return tokenizer.build_prompt(messages)
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        _, tokenizer = self._loaded()
+        if tokenizer.family != "v3":
+            return f"ChatGLM {tokenizer.family} has no tool-calling format (ChatGLM3 has)"
+        if params.tool_choice is not None:
+            return ("a forced 'tool_choice' ('required' or a named function) needs constrained decoding, which this "
+                    "backend does not have yet; send 'auto'")
+        return None
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams):
+        names = tool_names(messages)
+        return chatglm3_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
     def _loaded(self) -> tuple[ChatGLMBase, ChatGLMTokenizer]:
         if self.model is None or self.tokenizer is None:

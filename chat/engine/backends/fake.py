@@ -8,18 +8,29 @@ halfway through, to test failures mid-stream; one that contains `[[fake:prompt]]
 answer with the whole prompt it received (each message as `role: content`, joined by ` | `),
 to test which history reaches the model. It decodes sequences in batches that new requests
 join between steps (continuous batching).
+
+Tools: offered tools make it call them in GLM-4's syntax (`NAME\n{arguments}`, parsed back by
+the same streaming parser as GLM-4's), so the serving path of tool calls is testable end to
+end. A user message with `[[fake:call NAME ARGUMENTS]]` (ARGUMENTS: the JSON text of the
+arguments, written as the model's output, so invalid JSON tests that path) answers with that
+call, one per marker; `tool_choice` "required" or a named function without a marker calls the
+first offered tool (or the named one) with `{}`. After a tool's result (the last message is a
+`tool` message) it answers `The tool said: <the result>`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..config import EngineConfig
 from ..detokenize import IncrementalDetokenizer
+from ..tools import SEGMENT, glm4_parser, tool_names
 
 ERROR_TRIGGER = "[[fake:error]]"
 PROMPT_TRIGGER = "[[fake:prompt]]"
+CALL_TRIGGER = re.compile(r"\[\[fake:call (\S+) (.*?)\]\](?!\])")
 
 
 def encode(text: str) -> list[int]:
@@ -63,11 +74,28 @@ class FakeBackend(Backend):
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return sum(len(encode(m["content"])) + 2 for m in messages)
 
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        return None  # every tool_choice is honoured (see the module docstring)
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams):
+        names = tool_names(messages)
+        return glm4_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
+
     @staticmethod
-    def reply_to(messages: list[Message]) -> str:
+    def reply_to(messages: list[Message], params: GenerationParams = GenerationParams()) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if PROMPT_TRIGGER in last_user:
             return "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
+        names = tool_names(messages)
+        if names and messages[-1]["role"] == "tool":
+            return f"The tool said: {messages[-1]['content']}"
+        if names:
+            calls = [f"{name}\n{arguments}" for name, arguments in CALL_TRIGGER.findall(last_user)]
+            if not calls and params.tool_choice:
+                forced = params.tool_choice.removeprefix("function:")
+                calls = [f"{names[0] if forced == 'required' else forced}\n{{}}"]
+            if calls:
+                return SEGMENT.join(calls)
         return f"You said: {last_user}"
 
     def run(self, sequences, admit) -> None:
@@ -103,4 +131,4 @@ class FakeBackend(Backend):
         seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
         if budget <= 0:
             seq.finish("length")
-        return [seq, encode(self.reply_to(seq.messages)), 0]
+        return [seq, encode(self.reply_to(seq.messages, seq.params)), 0]

@@ -21,8 +21,9 @@ import logging
 
 import httpx
 
-from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence
+from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence
 from ..config import EngineConfig
+from ..tools import ToolCall, json_arguments, new_call_id
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ class OpenAIBackend(Backend):
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
-        return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages)
+        return sum(_chars(m) // CHARS_PER_TOKEN + 4 for m in messages)
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        return None  # passed through: the upstream renders, constrains and parses the calls
 
     def run(self, sequences, admit) -> None:
         asyncio.run(self._run(sequences, admit))
@@ -113,11 +117,13 @@ class OpenAIBackend(Backend):
         # comes after the last text, instead of being closed on the budget's last chunk.
         seq.begin(prompt_tokens, None, budget + 1)
         body = {
-            "model": self.model, "messages": seq.messages, "stream": True, "max_tokens": budget,
+            "model": self.model, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},
             **{k: v for k, v in (("temperature", seq.params.temperature), ("top_p", seq.params.top_p),
                                  ("seed", seq.params.seed)) if v is not None},
+            **openai_messages(seq.messages, seq.params),
         }
+        calls: dict[int, dict] = {}  # the streamed tool calls by index: id, name, arguments so far
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
@@ -139,6 +145,12 @@ class OpenAIBackend(Backend):
                         seq.prompt_tokens = chunk["usage"].get("prompt_tokens", seq.prompt_tokens)
                         reported_tokens = chunk["usage"].get("completion_tokens")
                     for choice in chunk.get("choices") or []:
+                        for part in (choice.get("delta") or {}).get("tool_calls") or []:
+                            call = calls.setdefault(part["index"], {"id": "", "name": "", "arguments": ""})
+                            function = part.get("function") or {}
+                            call["id"] = part.get("id") or call["id"]
+                            call["name"] += function.get("name") or ""
+                            call["arguments"] += function.get("arguments") or ""
                         text = (choice.get("delta") or {}).get("content") or ""
                         if not isinstance(text, str):
                             raise TypeError(f"delta content of type {type(text).__name__}")
@@ -152,12 +164,52 @@ class OpenAIBackend(Backend):
                 seq.push_text(held, tokens=0)  # a lone half at the very end (Sequence makes it U+FFFD)
             if reported_tokens is not None:
                 seq.completion_tokens = reported_tokens
+            for index in sorted(calls):
+                call = calls[index]
+                arguments = json_arguments(call["arguments"] or "{}")
+                if arguments is None:  # as a local model's unparseable call: its text, not a broken call
+                    log.info("upstream tool call of %s had invalid JSON arguments; answered as text", call["name"])
+                    seq.push_text(f"{call['name']}\n{call['arguments']}", tokens=0)
+                else:
+                    seq.tool_calls.append(ToolCall(call["id"] or new_call_id(), call["name"], arguments))
             seq.finish("length" if upstream_reason == "length" else "stop")
         except asyncio.CancelledError:
             seq.finish("cancelled")
         except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
             log.warning("upstream request failed: %s: %s", type(exc).__name__, str(exc)[:LOG_DETAIL_CHARS])
             seq.finish("error", error=_exception_error(exc))
+
+
+def _chars(message: Message) -> int:
+    """The characters a message takes, its tools and tool calls (as JSON) included."""
+    extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+    return len(message["content"]) + (len(json.dumps(extra, ensure_ascii=False)) if extra else 0)
+
+
+def openai_messages(messages: list[Message], params: GenerationParams) -> dict:
+    """`messages` (and `tools`, `tool_choice`, `parallel_tool_calls`) of an upstream request,
+    from engine messages (chat/engine/tools.py) in OpenAI's shape."""
+    out, extra = [], {}
+    for message in messages:
+        role = message["role"]
+        if role == "system" and "tools" in message:
+            extra["tools"] = [{"type": "function", "function": tool} for tool in message["tools"]]
+            if message["content"]:
+                out.append({"role": "system", "content": message["content"]})
+        elif role == "assistant" and message.get("tool_calls"):
+            out.append({"role": "assistant", "content": message["content"] or None, "tool_calls": [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in message["tool_calls"]]})
+        elif role == "tool":
+            out.append({"role": "tool", "tool_call_id": message["tool_call_id"], "content": message["content"]})
+        else:
+            out.append({"role": role, "content": message["content"]})
+    if extra and params.tool_choice is not None:
+        name = params.tool_choice.removeprefix("function:")
+        extra["tool_choice"] = "required" if name == "required" else {"type": "function", "function": {"name": name}}
+    if extra and params.parallel_tool_calls is False:
+        extra["parallel_tool_calls"] = False
+    return {"messages": out, **extra}
 
 
 def _status_error(status: int) -> str:

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 from .. import control_tokens
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
 from ..detokenize import IncrementalDetokenizer
 from ..sampling import SamplingConfig
+from ..tools import glm4_parser, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,31 @@ class TransformersBackend(Backend):
     def _prompt_ids(self, messages: list[Message]) -> list[int]:
         if self._control_tokens is None:  # a user's "<|im_end|>" is text, not the token
             self._control_tokens = control_tokens.of_tokenizer(self.tokenizer)
+        messages, tools = glm4_messages(messages)
         messages = self._control_tokens.defuse_messages(messages)
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        extra = {"tools": tools} if tools else {}
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return len(self._prompt_ids(messages))
+
+    def _glm4_tools(self) -> bool:
+        """GLM-4 checkpoints whose chat template renders `tools` (its `NAME\n{arguments}` calls)."""
+        model_type = getattr(self.model.config, "model_type", "")
+        return model_type in ("glm", "glm4", "chatglm") and "tools" in (self.tokenizer.chat_template or "")
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        if not self._glm4_tools():
+            return "its chat template has no tool-calling format this server reads (GLM-4's has)"
+        if params.tool_choice is not None:
+            return ("a forced 'tool_choice' ('required' or a named function) needs constrained decoding, which this "
+                    "backend does not have yet; send 'auto'")
+        return None
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams):
+        names = tool_names(messages)
+        return glm4_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -193,6 +213,30 @@ class TransformersBackend(Backend):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :], _KV(self.model, out.cache, mask, positions[:, -1:])
+
+
+def glm4_messages(messages: list[Message]) -> tuple[list[dict], list[dict]]:
+    """(messages, tools) as GLM-4's chat template reads them: the tools apart, in OpenAI's
+    shape (the template's `tools` argument); an earlier call an assistant message whose
+    metadata is the function's name and whose content is the JSON arguments; a tool's result
+    an `observation` message."""
+    out, tools = [], []
+    for message in messages:
+        role = message["role"]
+        if role == "system" and "tools" in message:
+            tools = [{"type": "function", "function": tool} for tool in message["tools"]]
+            if message["content"]:
+                out.append({"role": "system", "content": message["content"]})
+        elif role == "assistant" and message.get("tool_calls"):
+            if message["content"]:
+                out.append({"role": "assistant", "content": message["content"]})
+            out += [{"role": "assistant", "metadata": call["name"], "content": call["arguments"]}
+                    for call in message["tool_calls"]]
+        elif role == "tool":
+            out.append({"role": "observation", "content": message["content"]})
+        else:
+            out.append(message)
+    return out, tools
 
 
 class _KV:

@@ -409,7 +409,7 @@ class V3Tokenizer(V2Tokenizer):
         return self.special_ids[f"<|{role}|>"]
 
     def build_prompt(self, messages: Sequence[Message]) -> list[int]:
-        """`[gMASK] sop`, then per message: role token, encode("\\n") (empty metadata), encode(content).
+        """`[gMASK] sop`, then per message: role token, encode(f"{metadata}\\n"), encode(content).
 
         A trailing `<|assistant|>` asks for the answer. Unlike v1/v2, the messages are used as
         they are, system messages included (`<|system|>`).
@@ -419,7 +419,11 @@ class V3Tokenizer(V2Tokenizer):
         for message in messages:
             if message["role"] not in self.ROLES:
                 raise ValueError(f"unknown chat role {message['role']!r}")
-            ids += [self.role_id(message["role"])] + newline + self.encode(message["content"])
+            # The header line's metadata (a called function's name) is encoded with its newline,
+            # as the reference's build_single_message does.
+            metadata = message.get("metadata") or ""
+            header = self.encode(f"{metadata}\n") if metadata else newline
+            ids += [self.role_id(message["role"])] + header + self.encode(message["content"])
         return ids + [self.role_id("assistant")]
 
 

@@ -213,14 +213,18 @@ class Sequence:
     def text(self) -> str:
         return "".join(self._parts)
 
-    def begin(self, prompt_tokens: int, decoder: Decoder | None, max_new_tokens: int) -> None:
+    def begin(self, prompt_tokens: int, decoder: Decoder | None, max_new_tokens: int) -> bool:
         """Record the prompt size, the decoder of token ids (None for a backend that pushes
-        text) and the token budget left for the answer."""
+        text) and the token budget left for the answer. With no budget left (the prompt fills
+        the context or `max_length`) the sequence ends here ("length"): returns False."""
         self.started_at = time.monotonic()
         self.prompt_tokens = prompt_tokens
         self._decoder = decoder
         self.max_new_tokens = max(0, max_new_tokens)
         self._emit(Started(prompt_tokens))
+        if self.max_new_tokens == 0:
+            self.finish("length")
+        return not self.finished
 
     def push_token(self, token_id: int) -> bool:
         """Account one generated token; return whether generation should go on."""

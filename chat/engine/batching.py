@@ -98,11 +98,7 @@ class ContinuousBatcher:
         """Build the prompt and begin the sequence with its budget; None if it has no room."""
         prompt = self.prompt(seq.messages)
         budget = self.budget(seq.params, len(prompt))
-        seq.begin(len(prompt), self.decoder(), budget)
-        if budget <= 0:
-            seq.finish("length")
-            return None
-        return prompt
+        return prompt if seq.begin(len(prompt), self.decoder(), budget) else None
 
     def run(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
         """Decode until every sequence has ended; between steps, up to the free room of

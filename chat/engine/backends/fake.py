@@ -128,7 +128,5 @@ class FakeBackend(Backend):
         """[sequence, the answer's token ids, the next step]."""
         prompt_tokens = self.count_prompt_tokens(seq.messages)
         budget = self.token_budget(seq.params, prompt_tokens)
-        seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
-        if budget <= 0:
-            seq.finish("length")
+        seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)  # no budget: finished already
         return [seq, encode(self.reply_to(seq.messages, seq.params)), 0]

@@ -301,11 +301,8 @@ class LlamaCppBackend(Backend):
     def _generate_one(self, seq: Sequence) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)
         budget = self.token_budget(seq.params, prompt_tokens)
-        if budget <= 0:
-            seq.begin(prompt_tokens, None, budget)
-            seq.finish("length")
+        if not seq.begin(prompt_tokens, None, budget):
             return
-        seq.begin(prompt_tokens, None, budget)
         stream = _Stream(seq, self._text_stages())
         self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
         if seq.finished:  # stop string, budget or cancellation, seen by the Sequence

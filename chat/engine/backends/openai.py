@@ -108,14 +108,11 @@ class OpenAIBackend(Backend):
     async def _complete(self, client: httpx.AsyncClient, seq: Sequence) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)
         budget = self.token_budget(seq.params, prompt_tokens)
-        if budget <= 0:
-            seq.begin(prompt_tokens, None, budget)
-            seq.finish("length")
-            return
         # The upstream ends the answer at max_tokens itself; the local budget is one more (a
         # chunk carries at least one token), so the stream is read on to its usage chunk, which
         # comes after the last text, instead of being closed on the budget's last chunk.
-        seq.begin(prompt_tokens, None, budget + 1)
+        if not seq.begin(prompt_tokens, None, budget + 1 if budget > 0 else 0):
+            return
         body = {
             "model": self.model, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},

@@ -107,7 +107,7 @@ def test_errors(server):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}], n=9)
     assert caught.value.param == "n"
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="fake", messages=[])

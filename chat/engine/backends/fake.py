@@ -8,6 +8,12 @@ halfway through, to test failures mid-stream; one that contains `[[fake:prompt]]
 answer with the whole prompt it received (each message as `role: content`, joined by ` | `),
 to test which history reaches the model. It decodes sequences in batches that new requests
 join between steps (continuous batching).
+
+Its sampling parameters are honoured as a model whose every step is certain would honour
+them: each answer token has probability 1 (logprob 0, and it is its step's only candidate:
+`top_logprobs` lists it alone); no penalty or finite bias can move a certainty, so the answer
+is the same for every temperature, penalty, bias and seed, and the n choices of a request are
+equal.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..detokenize import IncrementalDetokenizer
 
 ERROR_TRIGGER = "[[fake:error]]"
@@ -60,7 +66,7 @@ class FakeBackend(Backend):
     def info(self) -> ModelInfo:
         return ModelInfo(
             model_id="fake", backend="fake", device="cpu", context_length=self.context_length,
-            source="built in (test double)",
+            source="built in (test double)", vocab_size=4 << 24,  # ids: (length << 24) | bytes
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
@@ -99,8 +105,16 @@ class FakeBackend(Backend):
                 if step >= len(ids):
                     seq.finish("stop")
                 else:
-                    seq.push_token(ids[step])
+                    seq.push_token(ids[step], self._logprob(seq, ids[step]))
                     plan[2] += 1
+
+    @staticmethod
+    def _logprob(seq: Sequence, token_id: int) -> TokenLogprob | None:
+        if seq.params.logprobs is None:
+            return None
+        raw = (token_id & 0xFFFFFF).to_bytes(token_id >> 24, "big")
+        text = raw.decode("utf-8", errors="replace")
+        return TokenLogprob(text, raw, 0.0, (TopLogprob(text, raw, 0.0),) if seq.params.logprobs else ())
 
     def _plan(self, seq: Sequence) -> list:
         """[sequence, the answer's token ids, the next step]."""

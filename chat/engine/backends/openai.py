@@ -22,7 +22,7 @@ import os
 
 import httpx
 
-from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence
+from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,13 @@ class OpenAIBackend(Backend):
             "model": self.model, "messages": seq.messages, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},
             **{k: v for k, v in (("temperature", seq.params.temperature), ("top_p", seq.params.top_p),
-                                 ("seed", seq.params.seed)) if v is not None},
+                                 ("seed", seq.params.seed), ("frequency_penalty", seq.params.frequency_penalty),
+                                 ("presence_penalty", seq.params.presence_penalty)) if v is not None},
         }
+        if seq.params.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in seq.params.logit_bias}
+        if seq.params.logprobs is not None:  # the upstream's own logprobs, passed back as they come
+            body.update(logprobs=True, top_logprobs=seq.params.logprobs)
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
@@ -142,7 +147,8 @@ class OpenAIBackend(Backend):
                         if not isinstance(text, str):
                             raise TypeError(f"delta content of type {type(text).__name__}")
                         text, held = _whole_characters(held + text)
-                        if text and not seq.push_text(text):
+                        logprobs = _logprobs(choice.get("logprobs")) if seq.params.logprobs is not None else []
+                        if (text or logprobs) and not seq.push_text(text, 1 if text else 0, logprobs):
                             return  # stop string, budget or cancellation: closing aborts upstream
                         upstream_reason = choice.get("finish_reason") or upstream_reason
             if upstream_reason is None:  # every OpenAI stream ends with a finish_reason: this one was cut
@@ -157,6 +163,17 @@ class OpenAIBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
             log.warning("upstream request failed: %s: %s", type(exc).__name__, str(exc)[:LOG_DETAIL_CHARS])
             seq.finish("error", error=_exception_error(exc))
+
+
+def _logprobs(data: dict | None) -> list[TokenLogprob]:
+    """An OpenAI chunk's `logprobs.content` entries (bytes as given, else the token's UTF-8)."""
+
+    def candidate(item: dict) -> TopLogprob:
+        raw = bytes(item["bytes"]) if item.get("bytes") is not None else str(item["token"]).encode()
+        return TopLogprob(str(item["token"]), raw, float(item["logprob"]))
+
+    return [TokenLogprob(**vars(candidate(item)), top=tuple(candidate(t) for t in item.get("top_logprobs") or []))
+            for item in (data or {}).get("content") or []]
 
 
 def _status_error(status: int) -> str:

@@ -2,19 +2,19 @@
 
 Every parameter of OpenAI's chat and (legacy) completions requests is either honoured or
 refused with a 400 naming it: never silently dropped. Parameters this server cannot honour
-yet (log probabilities, penalties, logit bias, structured output, several choices; tools outside
-/v1/chat/completions, which honours them: docs/tools.md) are
-still accepted at their no-op values, which SDKs and LangChain send by default
-(`frequency_penalty: 0`, `n: 1`, `logprobs: false`, `logit_bias: {}`, `tools: []`,
+yet (structured output; tools outside /v1/chat/completions, which honours them: docs/tools.md)
+are still accepted at their no-op values, which SDKs and LangChain send by default (`tools: []`,
 `response_format: {"type": "text"}`). Fields OpenAI does not define are refused as OpenAI
 refuses them ("Unrecognized request argument"), except vLLM's `top_k` and
-`repetition_penalty`, which are honoured.
+`repetition_penalty`, which are honoured. The sampling surface (penalties, `logit_bias`,
+`logprobs`, `n`, `seed`) is honoured on every backend (docs/sampling.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 import uuid
@@ -23,7 +23,7 @@ from typing import Any, Callable
 from django.conf import settings
 
 from . import inputs, params
-from .engine import GenerationParams
+from .engine import GenerationParams, GenerationResult, TextDelta, TopLogprob
 from .engine.base import ModelInfo
 from .errors import ChatError, invalid
 
@@ -54,14 +54,6 @@ def _no_tools(data: dict) -> bool:
 
 # name -> (is the value a no-op?, what is said when it is not). `None` is always "not sent".
 NOOP: dict[str, tuple[Callable[[Any, dict], bool], str]] = {
-    "n": (lambda v, d: v == 1 and not isinstance(v, bool), "only n=1 is supported: one choice per request"),
-    "best_of": (lambda v, d: v == 1 and not isinstance(v, bool), "only best_of=1 is supported"),
-    "frequency_penalty": (lambda v, d: v == 0 and not isinstance(v, bool), "only 0 is supported"),
-    "presence_penalty": (lambda v, d: v == 0 and not isinstance(v, bool), "only 0 is supported"),
-    "logprobs": (lambda v, d: v is False, "log probabilities are not returned by this server"),
-    "top_logprobs": (lambda v, d: v == 0 and not isinstance(v, bool),
-                     "log probabilities are not returned by this server"),
-    "logit_bias": (lambda v, d: v == {}, "only an empty object is supported"),
     "tools": (lambda v, d: v == [], "function tools are served by /v1/chat/completions only"),
     "functions": (lambda v, d: v == [], "the legacy 'functions' are not supported: send 'tools'"),
     "tool_choice": (lambda v, d: v == "none" or (v == "auto" and _no_tools(d)),
@@ -149,8 +141,8 @@ def optional(data: dict, name: str, kind: type, what: str):
     return value
 
 
-def generation_params(data: dict, *, default_max_tokens: int | None = None) -> GenerationParams:
-    values = {}
+def generation_params(data: dict, *, default_max_tokens: int | None = None, **surface) -> GenerationParams:
+    values = dict(surface)
     if default_max_tokens is not None:
         values["max_new_tokens"] = default_max_tokens
     for name, field in NUMBER_PARAMS.items():
@@ -158,6 +150,76 @@ def generation_params(data: dict, *, default_max_tokens: int | None = None) -> G
         if value is not None:
             values[field] = value  # max_completion_tokens (later in the table) wins over max_tokens
     return GenerationParams(stop=params.stop_sequences(data.get("stop")), **values)
+
+
+# -- the sampling surface ----------------------------------------------------------------------
+
+MAX_CHOICES = 8  # the server's most `n` (OpenAI allows 128): each choice is one running answer
+MAX_LOGIT_BIAS = 300  # entries of `logit_bias`
+MAX_TOP_LOGPROBS = 20  # chat `top_logprobs`, as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # legacy /v1/completions `logprobs`, as OpenAI
+
+
+def _bounded(data: dict, name: str, low, high, *, integer: bool = False):
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise invalid(name, f"'{name}' must be {'an integer' if integer else 'a finite number'}.", "invalid_type")
+    if not low <= value <= high:
+        raise invalid(name, f"'{name}' must be between {low} and {high}.", "invalid_value")
+    return value
+
+
+def _logit_bias(value, info: ModelInfo) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` ({"token id": bias}) as (id, bias) pairs; ids checked against the vocabulary."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise invalid("logit_bias", "'logit_bias' must be an object mapping token ids to biases.", "invalid_type")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise invalid("logit_bias", f"'logit_bias' may have at most {MAX_LOGIT_BIAS} entries.", "too_long")
+    pairs = []
+    for key, bias in value.items():
+        if not re.fullmatch(r"\d{1,12}", key):
+            raise invalid("logit_bias", f"'logit_bias' keys must be token ids (got {inputs.safe(repr(key))}).",
+                          "invalid_value")
+        if info.vocab_size is not None and int(key) >= info.vocab_size:
+            raise invalid("logit_bias", f"'logit_bias' names token {int(key)}, which is not in the model's "
+                                        f"vocabulary (ids 0 to {info.vocab_size - 1}).", "invalid_value")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise invalid("logit_bias", f"'logit_bias' values must be numbers between -100 and 100 "
+                                        f"(token {int(key)}).", "invalid_value")
+        pairs.append((int(key), float(bias)))
+    return tuple(sorted(pairs))
+
+
+def sampling_surface(data: dict, info: ModelInfo, *, legacy: bool) -> tuple[dict, int]:
+    """The GenerationParams fields of penalties, logit bias and logprobs, and `n`."""
+    values = {
+        "frequency_penalty": _bounded(data, "frequency_penalty", -2, 2),
+        "presence_penalty": _bounded(data, "presence_penalty", -2, 2),
+        "logit_bias": _logit_bias(data.get("logit_bias"), info),
+    }
+    if legacy:  # /v1/completions: `logprobs` is the number of alternatives, null for none
+        values["logprobs"] = _bounded(data, "logprobs", 0, MAX_COMPLETION_LOGPROBS, integer=True)
+    else:
+        wanted = optional(data, "logprobs", bool, "a boolean")
+        top = _bounded(data, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True)
+        if top and not wanted:  # 0 (what some clients send by default) asks for nothing
+            raise invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true.", "invalid_value")
+        values["logprobs"] = (top or 0) if wanted else None
+    n = _bounded(data, "n", 1, MAX_CHOICES, integer=True) or 1
+    return values, n
+
+
+def choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:
+    """Each choice's parameters: with a seed, choice i samples with seed + i, so the n choices
+    differ from each other and each is reproducible."""
+    if params.seed is None:
+        return [params] * n
+    return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
 
 
 # -- served model names -----------------------------------------------------------------------
@@ -478,12 +540,14 @@ class ChatRequest(_Request):
 
     def __init__(self, data: dict, info: ModelInfo):
         super().__init__(data, CHAT_PARAMS, TOOL_PARAMS)
+        surface, self.n = sampling_surface(data, info, legacy=False)
+        self.best_of = self.n
         self.tools = tool_definitions(data)
         choice = tool_choice(data, self.tools)
         parallel = optional(data, "parallel_tool_calls", bool, "a boolean")
         if choice == "none":  # the model is not told of tools it may not call
             self.tools, choice = [], None
-        self.params = dataclasses.replace(generation_params(data), tool_choice=choice,
+        self.params = dataclasses.replace(generation_params(data, **surface), tool_choice=choice,
                                           parallel_tool_calls=False if parallel is False and self.tools else None)
         self.system_prompt, self.history, self.query, self.steps = tool_conversation(data.get("messages"))
         # Whether the model must read or write tool calls: a backend without a tool format refuses.
@@ -500,8 +564,19 @@ class TextRequest(_Request):
 
     def __init__(self, data: dict, info: ModelInfo):
         super().__init__(data, COMPLETION_PARAMS)
-        self.params = generation_params(data, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS)
+        surface, self.n = sampling_surface(data, info, legacy=True)
+        self.params = generation_params(data, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS, **surface)
         self.echo = bool(optional(data, "echo", bool, "a boolean"))
+        if self.echo and self.params.logprobs is not None:
+            raise unsupported("logprobs", "the prompt's log probabilities are not computed, so 'echo' cannot "
+                                          "come with 'logprobs'")
+        # best_of candidates are generated and the n with the highest total logprob returned.
+        self.best_of = _bounded(data, "best_of", 1, MAX_CHOICES, integer=True) or self.n
+        if self.best_of < self.n:
+            raise invalid("best_of", "'best_of' must be at least 'n'.", "invalid_value")
+        if self.best_of > self.n and self.stream:
+            raise invalid("best_of", "'best_of' above 'n' cannot be streamed: the best are known at the end.",
+                          "invalid_value")
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
@@ -524,46 +599,71 @@ class TextRequest(_Request):
 # -- answers ----------------------------------------------------------------------------------
 
 
+def usage_of(results: list[GenerationResult]) -> dict[str, int]:
+    """The usage of n choices: the prompt once (as OpenAI counts it), every choice's answer."""
+    prompt = results[0].prompt_tokens
+    completion = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _candidate(entry: TopLogprob) -> dict:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
+
+
+def chat_logprobs(entries) -> dict:
+    """`choices[].logprobs` of chat completions (whole or a chunk's share)."""
+    return {"content": [{**_candidate(e), "top_logprobs": [_candidate(t) for t in e.top]} for e in entries],
+            "refusal": None}
+
+
 class ChatShapes:
-    """`chat.completion` and `chat.completion.chunk` objects of one answer."""
+    """`chat.completion` and `chat.completion.chunk` objects of one answer (of n choices)."""
 
     def __init__(self, turn_id: str, req: ChatRequest):
         self.id = f"chatcmpl-{turn_id}"
         self.created = int(time.time())
         self.model = req.model
         self.include_usage = req.include_usage
+        self.logprobs = req.params.logprobs is not None
 
     def head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage: dict, tool_calls: tuple = ()) -> dict:
-        message = {"role": "assistant", "content": text, "refusal": None}
-        if tool_calls:
-            message["content"] = text or None  # as OpenAI: no content beside calls is null
-            message["tool_calls"] = [self.tool_call(call) for call in tool_calls]
-            finish_reason = "tool_calls"
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-        return {**self.head("chat.completion"), "choices": [choice], "usage": usage}
+    def whole_of(self, results: list[GenerationResult]) -> dict:
+        choices = []
+        for index, result in enumerate(results):
+            message = {"role": "assistant", "content": result.text, "refusal": None}
+            finish_reason = result.finish_reason
+            if result.tool_calls:
+                message["content"] = result.text or None  # as OpenAI: no content beside calls is null
+                message["tool_calls"] = [self.tool_call(call) for call in result.tool_calls]
+                finish_reason = "tool_calls"
+            choices.append({"index": index, "message": message,
+                            "logprobs": chat_logprobs(result.logprobs or ()) if self.logprobs else None,
+                            "finish_reason": finish_reason})
+        return {**self.head("chat.completion"), "choices": choices, "usage": usage_of(results)}
 
     @staticmethod
     def tool_call(call) -> dict:
         return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
-    def tool_call_chunks(self, tool_calls: tuple) -> list[dict]:
+    def tool_call_chunks(self, index: int, tool_calls: tuple) -> list[dict]:
         """One chunk per call, each whole (the calls are known once the answer ends)."""
-        return [self.chunk({"tool_calls": [{"index": i, **self.tool_call(call)}]}) for i, call in enumerate(tool_calls)]
+        return [self.chunk(index, {"tool_calls": [{"index": i, **self.tool_call(call)}]})
+                for i, call in enumerate(tool_calls)]
 
-    def first(self) -> dict:
-        return self.chunk({"role": "assistant", "content": ""})
+    def first(self, index: int) -> dict:
+        return self.chunk(index, {"role": "assistant", "content": ""})
 
-    def delta(self, text: str) -> dict:
-        return self.chunk({"content": text})
+    def delta(self, index: int, delta: TextDelta) -> dict:
+        return self.chunk(index, {"content": delta.text}, logprobs=delta.logprobs)
 
-    def last(self, finish_reason: str) -> dict:
-        return self.chunk({}, finish_reason)
+    def last(self, index: int, finish_reason: str) -> dict:
+        return self.chunk(index, {}, finish_reason)
 
-    def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(self, index: int, delta: dict, finish_reason: str | None = None, logprobs=()) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": chat_logprobs(logprobs) if logprobs else None,
+                  "finish_reason": finish_reason}
         out = {**self.head("chat.completion.chunk"), "choices": [choice]}
         if self.include_usage:
             out["usage"] = None  # as OpenAI does: only the last chunk carries usage
@@ -574,7 +674,7 @@ class ChatShapes:
 
 
 class TextShapes:
-    """`text_completion` objects of one answer, whole or streamed."""
+    """`text_completion` objects of one answer (of n choices), whole or streamed."""
 
     def __init__(self, turn_id: str, req: TextRequest):
         self.id = f"cmpl-{turn_id}"
@@ -582,24 +682,27 @@ class TextShapes:
         self.model = req.model
         self.include_usage = req.include_usage
         self.prefix = req.prompt if req.echo else ""
+        self.logprobs = req.params.logprobs is not None
 
     def head(self) -> dict:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
-        return {**self.head(), "choices": [self._choice(self.prefix + text, finish_reason)], "usage": usage}
+    def whole_of(self, results: list[GenerationResult]) -> dict:
+        choices = [self._choice(index, self.prefix + r.text, r.finish_reason, r.logprobs or ())
+                   for index, r in enumerate(results)]
+        return {**self.head(), "choices": choices, "usage": usage_of(results)}
 
-    def first(self) -> dict | None:
-        return self.chunk(self.prefix) if self.prefix else None
+    def first(self, index: int) -> dict | None:
+        return self.chunk(index, self.prefix) if self.prefix else None
 
-    def delta(self, text: str) -> dict:
-        return self.chunk(text)
+    def delta(self, index: int, delta: TextDelta) -> dict:
+        return self.chunk(index, delta.text, logprobs=delta.logprobs)
 
-    def last(self, finish_reason: str) -> dict:
-        return self.chunk("", finish_reason)
+    def last(self, index: int, finish_reason: str) -> dict:
+        return self.chunk(index, "", finish_reason)
 
-    def chunk(self, text: str, finish_reason: str | None = None) -> dict:
-        out = {**self.head(), "choices": [self._choice(text, finish_reason)]}
+    def chunk(self, index: int, text: str, finish_reason: str | None = None, logprobs=()) -> dict:
+        out = {**self.head(), "choices": [self._choice(index, text, finish_reason, logprobs)]}
         if self.include_usage:
             out["usage"] = None
         return out
@@ -607,9 +710,18 @@ class TextShapes:
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.head(), "choices": [], "usage": usage}
 
-    @staticmethod
-    def _choice(text: str, finish_reason: str | None) -> dict:
-        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+    def _choice(self, index: int, text: str, finish_reason: str | None, logprobs) -> dict:
+        return {"text": text, "index": index, "logprobs": self._logprobs(logprobs) if self.logprobs else None,
+                "finish_reason": finish_reason}
+
+    def _logprobs(self, entries) -> dict:
+        """The legacy shape: parallel lists, alternatives as {token: logprob}, offsets in the text."""
+        return {
+            "tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+            "text_offset": [len(self.prefix) + e.offset for e in entries],
+        }
 
 
 # -- the Responses API (text turns) ------------------------------------------------------------
@@ -686,6 +798,9 @@ class ResponsesRequest(_Request):
                           ("prompt", "prompt templates are not supported")):
             if data.get(name) is not None:
                 raise unsupported(name, why)
+        if data.get("top_logprobs") not in (None, 0) or isinstance(data.get("top_logprobs"), bool):
+            raise unsupported("top_logprobs", "the Responses API returns no log probabilities here "
+                                              "(chat completions do)")
         values = {}
         for name, field in RESPONSE_NUMBER_PARAMS.items():
             value = params.number(data, field, param=name)
@@ -731,6 +846,9 @@ class ResponseShapes:
             "tools": [], "text": {"format": {"type": "text"}}, "reasoning": {"effort": None, "summary": None},
             "usage": self.usage(usage) if usage else None, **self.echo,
         }
+
+    def whole_of(self, results: list[GenerationResult]) -> dict:
+        return self.whole(results[0].text, results[0].finish_reason, results[0].usage())
 
     def whole(self, text: str, finish_reason: str, usage: dict) -> dict:
         if finish_reason == "length":

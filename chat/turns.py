@@ -254,21 +254,28 @@ def _coalesce(batch: list[TurnEvent]) -> list[TurnEvent]:
     """The events of `batch` with each run of TextDeltas joined into one and each run of
     QueuePositions reduced to its last."""
     out: list[TurnEvent] = []
-    run: list[str] = []
+    run: list[TextDelta] = []
     for event in batch:
         if isinstance(event, TextDelta):
-            run.append(event.text)
+            run.append(event)
             continue
         if run:
-            out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+            out.append(_joined(run))
             run = []
         if isinstance(event, QueuePosition) and out and isinstance(out[-1], QueuePosition):
             out[-1] = event
         else:
             out.append(event)
     if run:
-        out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+        out.append(_joined(run))
     return out
+
+
+def _joined(run: list[TextDelta]) -> TextDelta:
+    """One delta of a run: the texts joined, and their logprobs, in order."""
+    if len(run) == 1:
+        return run[0]
+    return TextDelta("".join(d.text for d in run), tuple(e for d in run for e in d.logprobs))
 
 
 class _IdleTimer:

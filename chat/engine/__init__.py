@@ -17,6 +17,8 @@ from .base import (  # noqa: F401 - the engine's public vocabulary
     QueuePosition,
     Started,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
 )
 from .config import EngineConfig
 from .scheduler import Engine

@@ -8,6 +8,7 @@ whole-character text deltas, applies stop strings and limits, and records the re
 from __future__ import annotations
 
 import abc
+import codecs
 import dataclasses
 import re
 import threading
@@ -60,6 +61,14 @@ class GenerationParams:
     # decides; "required": it must call a tool; "function:NAME": it must call NAME.
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None  # None: several calls per answer allowed
+    # OpenAI's penalties over the tokens generated so far: logit -= count * frequency_penalty
+    # + (count > 0) * presence_penalty.
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    # Log probabilities of each generated token and of this many most likely alternatives
+    # (0-20); None: none are computed.
+    logprobs: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The non-default fields, for storage next to an answer."""
@@ -67,7 +76,7 @@ class GenerationParams:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if value not in (None, ()):
-                out[field.name] = list(value) if isinstance(value, tuple) else value
+                out[field.name] = [list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, tuple) else value
         return out
 
 
@@ -91,10 +100,33 @@ class Started:
 
 
 @dataclasses.dataclass(frozen=True)
+class TopLogprob:
+    """A candidate token of one step: its text, its exact bytes and its log probability."""
+
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob(TopLogprob):
+    """A generated token (when GenerationParams.logprobs is set): the most likely candidates
+    of its step, and where its text starts in the answer (characters)."""
+
+    top: tuple[TopLogprob, ...] = ()
+    offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class TextDelta:
-    """New text: always whole Unicode characters, never a stop string."""
+    """New text: always whole Unicode characters, never a stop string. With logprobs asked
+    for, `logprobs` are the tokens whose text this delta completes (a token whose text is
+    held back comes with the delta that releases it; the tokens of a cut stop string never
+    come). The last delta may have no text, only the logprobs of a token that ended the
+    answer partly inside a stop string."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +140,7 @@ class GenerationResult:
     queued_for: float = 0.0  # seconds spent waiting in the queue
     error: str = ""
     tool_calls: tuple[ToolCall, ...] = ()  # the answer's calls (its text is what is not a call)
+    logprobs: tuple[TokenLogprob, ...] | None = None  # every delta's, when asked for
 
     @property
     def total_tokens(self) -> int:
@@ -196,6 +229,15 @@ class Sequence:
         # Set by the engine before generation when tools are offered (see Backend.tool_parser).
         self.tool_parser: ToolParser | None = None
         self.tool_calls: list[ToolCall] = []
+        # Logprobs waiting for their token's text to be sent: (start, end, entry), in characters
+        # of the answer, counted by decoding the tokens' bytes (see _feed). The text of a tool
+        # call is never sent, so its tokens' logprobs are dropped (OpenAI's are the content's).
+        self._lp_pending: list[tuple[int, int, TokenLogprob]] = []
+        self._lp_sent: list[TokenLogprob] = []
+        self._lp_utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lp_chars = 0  # whole characters of the tokens so far
+        self._lp_partial = 0  # 1 while the last token ends inside a character
+        self._sent = 0  # characters sent
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.max_new_tokens = 0
@@ -226,21 +268,22 @@ class Sequence:
             self.finish("length")
         return not self.finished
 
-    def push_token(self, token_id: int) -> bool:
-        """Account one generated token; return whether generation should go on."""
+    def push_token(self, token_id: int, logprob: TokenLogprob | None = None) -> bool:
+        """Account one generated token (and its logprobs, when asked for); return whether
+        generation should go on."""
         if self.finished:
             return False
         assert self._decoder is not None, "begin() must come first"
-        return self.push_text(self._decoder.push(token_id))
+        return self.push_text(self._decoder.push(token_id), logprobs=(logprob,) if logprob else ())
 
-    def push_text(self, text: str, tokens: int = 1) -> bool:
+    def push_text(self, text: str, tokens: int = 1, logprobs: SequenceABC[TokenLogprob] = ()) -> bool:
         """Account `tokens` generated tokens that decoded to `text` (whole characters): the
         path of backends that receive text, such as an upstream server. Return whether
         generation should go on."""
         if self.finished:
             return False
         self.completion_tokens += tokens
-        self._send(self._stop.feed(text))
+        self._feed(text, logprobs)
         if self._stop.stopped:
             self.finish("stop")
         elif self.cancelled:
@@ -255,7 +298,7 @@ class Sequence:
             return
         assert reason in FINISH_REASONS, reason
         if self._decoder is not None and reason != "error":
-            self._send(self._stop.feed(self._decoder.flush()))
+            self._feed(self._decoder.flush())
             self._send(self._stop.flush())
             if self._stop.stopped:
                 reason = "stop"
@@ -263,6 +306,13 @@ class Sequence:
             text, calls = self.tool_parser.finish()
             self._send(text, parsed=True)
             self.tool_calls += calls
+        if reason != "error":
+            # A token whose text was partly sent and partly cut as a stop string still made
+            # the answer: its logprob goes out (with no text); wholly cut ones are dropped.
+            partial = [entry for start, _, entry in self._lp_pending if start < self._sent]
+            if partial:
+                self._lp_sent += partial
+                self._emit(TextDelta("", tuple(partial)))
         self.finished = True
         now = time.monotonic()
         started = self.started_at if self.started_at is not None else now
@@ -276,8 +326,21 @@ class Sequence:
             queued_for=started - self.queued_at,
             error=error,
             tool_calls=tuple(self.tool_calls),
+            logprobs=tuple(self._lp_sent) if self.params.logprobs is not None else None,
         )
         self._emit(self.result)
+
+    def _feed(self, text: str, logprobs: SequenceABC[TokenLogprob] = ()) -> None:
+        """Text of new tokens into the stop matcher, and the tokens' logprobs into the line of
+        those waiting for their text to be sent. A token's place in the text is counted from
+        its bytes (the text is their concatenation): a token that is part of a character ends
+        with that character, so it goes out with the delta that completes it."""
+        for entry in logprobs:
+            start = self._lp_chars + self._lp_partial
+            self._lp_chars += len(self._lp_utf8.decode(entry.bytes))
+            self._lp_partial = 1 if self._lp_utf8.getstate()[0] else 0
+            self._lp_pending.append((start, self._lp_chars + self._lp_partial, dataclasses.replace(entry, offset=start)))
+        self._send(self._stop.feed(text))
 
     def _send(self, text: str, parsed: bool = False) -> None:
         if text and self.tool_parser is not None and not parsed:
@@ -289,7 +352,15 @@ class Sequence:
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
             self._parts.append(text)
-            self._emit(TextDelta(text))
+            self._sent += len(text)
+            released = ()
+            if self._lp_pending and self._lp_pending[0][1] <= self._sent:
+                count = next((i for i, (_, end, _) in enumerate(self._lp_pending) if end > self._sent),
+                             len(self._lp_pending))
+                released = tuple(entry for _, _, entry in self._lp_pending[:count])
+                del self._lp_pending[:count]
+                self._lp_sent += released
+            self._emit(TextDelta(text, released))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +372,7 @@ class ModelInfo:
     dtype: str = ""
     quantize: int | None = None
     source: str = ""  # where the weights came from (a path, a cache), for the start log
+    vocab_size: int | None = None  # token ids are 0..vocab_size-1 (logit_bias); None: unknown here
 
 
 class Backend(abc.ABC):

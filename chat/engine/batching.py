@@ -19,8 +19,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .base import Decoder, GenerationParams, Message, Sequence
-from .sampling import SamplingConfig, make_generator, pick_tokens
+from .base import Decoder, GenerationParams, Message, Sequence, TokenLogprob, TopLogprob
+from .sampling import SamplingConfig, choose, logprobs_of, make_generator, penalise
 
 
 class KVBatch(Protocol):
@@ -48,31 +48,37 @@ class Row:
 
 
 class Batch:
-    """Rows, their cache, the logits that pick their next tokens, and the ids each row has
-    seen (prompt and answer, as a [B, V] mask) for the repetition penalty: kept up to date
-    while some row of the batch uses a penalty (a row that joins brings its prompt's ids)."""
+    """Rows, their cache, the logits that pick their next tokens, the ids each row has seen
+    (prompt and answer, as a [B, V] mask) for the repetition penalty, and how often each id
+    occurs in each row's answer ([B, V]) for the frequency and presence penalties: each kept up
+    to date while some row of the batch uses it (a row that joins brings its prompt's ids)."""
 
-    def __init__(self, rows: list[Row], kv: KVBatch, logits: torch.Tensor, seen: torch.Tensor):
-        self.rows, self.kv, self.logits, self.seen = rows, kv, logits, seen
+    def __init__(self, rows: list[Row], kv: KVBatch, logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor):
+        self.rows, self.kv, self.logits, self.seen, self.counts = rows, kv, logits, seen, counts
 
     def merge(self, other: Batch) -> None:
         self.kv.merge(other.kv)
         self.rows = self.rows + other.rows
         self.logits = torch.cat([self.logits, other.logits])
         self.seen = torch.cat([self.seen, other.seen])
+        # Counts are one column wide in a batch none of whose rows uses them (see _prefill).
+        width = max(self.counts.shape[-1], other.counts.shape[-1])
+        self.counts = torch.cat([F.pad(c, (0, width - c.shape[-1])) for c in (self.counts, other.counts)])
 
     def select(self, keep: list[int]) -> None:
         self.kv.select(keep)
         index = torch.tensor(keep, device=self.seen.device)
         self.rows = [self.rows[i] for i in keep]
         self.seen = self.seen.index_select(0, index)
+        self.counts = self.counts.index_select(0, index)
 
 
 class ContinuousBatcher:
     """Drives one `Backend.run` call.
 
     `prompt(messages)` gives a sequence's prompt ids and `decoder()` a fresh token decoder for
-    it; `prefill(prompts)` runs prompts and returns their last logits [B, V] and their KVBatch.
+    it; `prefill(prompts)` runs prompts and returns their last logits [B, V] and their KVBatch;
+    `token_text(id)` is one token's text and exact bytes, for logprobs.
     """
 
     def __init__(
@@ -86,8 +92,9 @@ class ContinuousBatcher:
         sampling_defaults: SamplingConfig,
         max_batch_size: int,
         device: torch.device | str,
+        token_text: Callable[[int], tuple[str, bytes]],
     ):
-        self.prompt, self.decoder, self.prefill = prompt, decoder, prefill
+        self.prompt, self.decoder, self.prefill, self.token_text = prompt, decoder, prefill, token_text
         self.eos_ids = frozenset(eos_ids)
         self.budget = budget  # Backend.token_budget
         self.sampling_defaults = sampling_defaults
@@ -131,29 +138,44 @@ class ContinuousBatcher:
         seen = torch.zeros(len(rows), logits.shape[-1], dtype=torch.bool, device=logits.device)
         for index, prompt in enumerate(prompts):
             seen[index, torch.tensor(prompt, device=logits.device)] = True
-        return Batch(rows, kv, logits, seen)
+        # Rows without frequency or presence penalties never read their counts (one column
+        # then, so a batch without them carries no [B, V] of counts).
+        width = logits.shape[-1] if any(row.sampling.counts_answer for row in rows) else 1
+        counts = torch.zeros(len(rows), width, device=logits.device)
+        return Batch(rows, kv, logits, seen, counts)
 
     def _step(self, batch: Batch) -> Batch | None:
         """Pick every row's next token, let each sequence account it, drop the rows that
         ended, and run one forward for the rest."""
         rows = batch.rows
-        tokens = pick_tokens(batch.logits, [r.sampling for r in rows], [r.generator for r in rows], batch.seen)
+        configs = [r.sampling for r in rows]
+        logits = penalise(batch.logits, configs, batch.seen, batch.counts)
+        tokens = choose(logits, configs, [r.generator for r in rows])
         ids = tokens.tolist()  # the one device-to-host copy of the step
         eos, keep = self.eos_ids, []
         for index, (row, token) in enumerate(zip(batch.rows, ids)):
             if token in eos:
                 row.seq.finish("stop")
-            elif row.seq.push_token(token):  # False: budget, stop string or cancellation
-                keep.append(index)
+            elif row.seq.push_token(token, self._logprob(logits[index], row.sampling, token)):
+                keep.append(index)  # else: budget, stop string or cancellation
         if not keep:
             return None
         if any(row.sampling.repetition_penalty != 1.0 for row in rows):  # only they read `seen`
             batch.seen[torch.arange(len(ids), device=tokens.device), tokens] = True
+        if batch.counts.shape[-1] > 1:
+            batch.counts[torch.arange(len(ids), device=tokens.device), tokens] += 1
         if len(keep) < len(ids):
             batch.select(keep)
             tokens = tokens[torch.tensor(keep, device=tokens.device)]
         batch.logits = batch.kv.step(tokens)
         return batch
+
+    def _logprob(self, logits: torch.Tensor, config: SamplingConfig, token: int) -> TokenLogprob | None:
+        if config.logprobs is None:
+            return None
+        logprob, top = logprobs_of(logits, config, token)
+        text, raw = self.token_text(token)
+        return TokenLogprob(text, raw, logprob, tuple(TopLogprob(*self.token_text(i), lp) for i, lp in top))
 
 
 # -- cache bookkeeping ------------------------------------------------------------------------

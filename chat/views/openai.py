@@ -12,6 +12,8 @@ when CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from functools import wraps
 
 from asgiref.sync import sync_to_async
@@ -26,7 +28,8 @@ from ..engine.base import ModelInfo
 from ..errors import ChatError, generation_error, unexpected_error
 from ..models import Conversation, Message, Role, Source
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
-                               model_not_found, model_object, previous_not_found, response_id, served_names)
+                               choice_params, model_not_found, model_object, previous_not_found, response_id,
+                               served_names, usage_of)
 from ..turns import TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
 from .auth import api_caller
@@ -98,7 +101,7 @@ def failure(turn, done: TurnDone) -> ChatError:
 
 
 async def _answer(request, parse, shapes, query_of):
-    """One completion request: parse, start the turn, answer whole or as a stream."""
+    """One completion request: parse, start its turns (one per choice), answer whole or as a stream."""
     owner = await api_caller(request, allow_session=False)
     data = read_json(request)
     req = parse(data, await served_model())
@@ -111,21 +114,69 @@ async def _answer(request, parse, shapes, query_of):
             param = "tools" if tools else "messages"
             raise ChatError(f"'{param}' cannot be served with this model: {refusal}.", param=param,
                             code="unsupported_parameter")
-    turn = await start_turn(TurnInput(
-        owner=owner,
-        source=Source.OPENAI,
-        query=query,
-        params=req.params,
-        history=params.used_history(history),  # what cannot reach the model is not stored either
-        system_prompt=system_prompt,
-        store=req.store,
-        tools=tools,
-        steps=getattr(req, "steps", []),
-    ))
-    shape = shapes(turn.id, req)
+    params_of = choice_params(req.params, req.best_of)
+    if req.best_of > req.n and req.params.logprobs is None:  # ranking needs every candidate's logprobs
+        params_of = [dataclasses.replace(p, logprobs=0) for p in params_of]
+    turns = []
+    try:
+        for index, choice in enumerate(params_of):
+            turns.append(await start_turn(TurnInput(
+                owner=owner,
+                source=Source.OPENAI,
+                query=query,
+                params=choice,
+                history=params.used_history(history),  # what cannot reach the model is not stored either
+                system_prompt=system_prompt,
+                # Of n choices the first is stored, as the conversation's answer (docs/sampling.md).
+                store=req.store and index == 0,
+                tools=tools,
+                steps=getattr(req, "steps", []),
+            )))
+    except BaseException:
+        for turn in turns:
+            turn.cancel()
+        raise
+    shape = shapes(turns[0].id, req)
     if req.stream:
-        return sse.response(_stream_body(turn, shape), turn)
-    return await _whole_answer(turn, shape)
+        return sse.response(_stream_body(turns, shape), _Turns(turns))
+    return await _whole_answer(turns, shape, keep=req.n, strip_logprobs=req.params.logprobs is None)
+
+
+class _Turns:
+    """The n turns of a streamed answer, cancelled together when the response closes."""
+
+    def __init__(self, turns):
+        self.turns = turns
+
+    def cancel(self) -> None:
+        for turn in self.turns:
+            turn.cancel()
+
+
+async def _merged_events(turns):
+    """(choice index, event) of every turn's SSE events, as they come."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index, turn):
+        try:
+            async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
+                await queue.put((index, event))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which reports it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(index, turn)) for index, turn in enumerate(turns)]
+    try:
+        ended = 0
+        while ended < len(turns):
+            index, event = await queue.get()
+            if isinstance(event, Exception):
+                raise event
+            if isinstance(event, TurnDone):
+                ended += 1
+            yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 @csrf_exempt  # programs only: api_caller never uses the session here
@@ -142,34 +193,39 @@ async def completions(request):
     return await _answer(request, TextRequest, TextShapes, lambda req: (None, [], req.prompt))
 
 
-async def _stream_body(turn, shape):
-    """Chunks as OpenAI sends them; never raises (docs/pitfalls.md#sse-never-raise); a disconnect cancels the turn."""
+async def _stream_body(turns, shape):
+    """Chunks as OpenAI sends them, the n choices' interleaved by index; never raises
+    (docs/pitfalls.md#sse-never-raise); a disconnect cancels the turns."""
     try:
-        first = shape.first()
-        if first is not None:
-            yield sse.event(None, first)
-        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
+        for index in range(len(turns)):
+            first = shape.first(index)
+            if first is not None:
+                yield sse.event(None, first)
+        results = [None] * len(turns)
+        async for index, event in _merged_events(turns):
             if isinstance(event, str):
                 yield event
             elif isinstance(event, TextDelta):
-                yield sse.event(None, shape.delta(event.text))
+                yield sse.event(None, shape.delta(index, event))
             elif isinstance(event, TurnDone):
                 if event.result.finish_reason not in ("stop", "length"):
-                    yield sse.event(None, {"error": failure(turn, event).as_dict()})
+                    yield sse.event(None, {"error": failure(turns[index], event).as_dict()})
                     return
+                results[index] = event.result
                 reason = event.result.finish_reason
                 if event.result.tool_calls:
-                    for chunk in shape.tool_call_chunks(event.result.tool_calls):
+                    for chunk in shape.tool_call_chunks(index, event.result.tool_calls):
                         yield sse.event(None, chunk)
                     reason = "tool_calls"
-                yield sse.event(None, shape.last(reason))
-                if shape.include_usage:
-                    yield sse.event(None, shape.usage_chunk(event.result.usage()))
-                yield sse.event(None, "[DONE]")
+                yield sse.event(None, shape.last(index, reason))
+        if shape.include_usage:
+            yield sse.event(None, shape.usage_chunk(usage_of(results)))
+        yield sse.event(None, "[DONE]")
     except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
         yield sse.event(None, {"error": unexpected_error(exc, "completion stream").as_dict()})
     finally:
-        turn.cancel()  # a client that disconnects stops its generation at the next decode step
+        for turn in turns:
+            turn.cancel()  # a client that disconnects stops its generation at the next decode step
 
 
 # -- responses (text turns) -------------------------------------------------------------------
@@ -210,7 +266,7 @@ async def responses(request):
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:
         return sse.response(_response_events(turn, shape), turn)
-    return await _whole_answer(turn, shape)
+    return await _whole_answer([turn], shape)
 
 
 async def _response_events(turn, shape: ResponseShapes):
@@ -247,15 +303,25 @@ urlpatterns = [
 ]
 
 
-async def _whole_answer(turn, shape) -> JsonResponse:
-    """A non-streamed answer in the endpoint's shape, once the turn ends."""
+async def _whole_answer(turns, shape, keep: int | None = None, strip_logprobs: bool = False) -> JsonResponse:
+    """A non-streamed answer in the endpoint's shape, once every turn ends. With more turns than
+    `keep` (best_of), the `keep` with the highest total logprob, in that order."""
     try:
-        async for event in turn.events():
-            if isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    raise failure(turn, event)
-                calls = {"tool_calls": event.result.tool_calls} if event.result.tool_calls else {}
-                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage(), **calls)
-                return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
+        results = []
+        for turn in turns:
+            async for event in turn.events():
+                if isinstance(event, TurnDone):
+                    if event.result.finish_reason not in ("stop", "length"):
+                        raise failure(turn, event)
+                    results.append(event.result)
+        if keep is not None and keep < len(results):
+            ranked = sorted(results, key=lambda r: -sum(e.logprob for e in r.logprobs or ()))[:keep]
+            usage = usage_of(results)  # every candidate was generated: all count
+            results = [dataclasses.replace(r, logprobs=None) for r in ranked] if strip_logprobs else ranked
+            body = {**shape.whole_of(results), "usage": usage}
+        else:
+            body = shape.whole_of(results)
+        return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
     finally:
-        turn.cancel()  # the client went away before the answer: stop generating for nobody
+        for turn in turns:
+            turn.cancel()  # the client went away before the answer: stop generating for nobody

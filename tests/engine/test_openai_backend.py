@@ -163,3 +163,18 @@ async def test_tool_calls_pass_through(upstream):
     events = [e async for e in engine.stream(follow_up, GenerationParams())]
     assert events[-1].text == "The tool said: sunny" and not events[-1].tool_calls
     engine.stop()
+
+
+async def test_sampling_parameters_pass_through_and_logprobs_come_back(upstream):
+    """Penalties, logit_bias, seed and logprobs reach the upstream (this project's own server,
+    which validates them: a value it refused would end the answer as an error), and the
+    upstream's logprobs come back lined up with the text."""
+    engine = engine_for(upstream)
+    params = GenerationParams(frequency_penalty=0.5, presence_penalty=0.5, logit_bias=((65, 3.0),), seed=4, logprobs=1)
+    text, result = await run(engine, "你好🙂", params)
+    assert result.finish_reason == "stop" and text == "You said: 你好🙂"
+    assert b"".join(e.bytes for e in result.logprobs).decode() == text
+    assert all(e.logprob == 0.0 and len(e.top) == 1 for e in result.logprobs)
+    _, refused = await run(engine, "hi", GenerationParams(logit_bias=((4 << 24, 1.0),)))  # not in its vocabulary
+    assert refused.finish_reason == "error"
+    engine.stop()

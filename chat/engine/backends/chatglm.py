@@ -53,7 +53,7 @@ class ChatGLMBackend(Backend):
 
     @property
     def info(self) -> ModelInfo:
-        model, _ = self._loaded()
+        model, tokenizer = self._loaded()
         return ModelInfo(
             model_id=self.checkpoint_dir.resolve().name,
             backend="chatglm",
@@ -62,6 +62,7 @@ class ChatGLMBackend(Backend):
             dtype=str(model.embedding_weight.dtype).removeprefix("torch."),
             quantize=self.config.quantize if self.config.quantize != 16 else None,
             source=f"{self.checkpoint_dir} (ChatGLM {model.config.family})",
+            vocab_size=tokenizer.vocab_size,
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
@@ -101,7 +102,7 @@ class ChatGLMBackend(Backend):
             prompt=self._prompt, decoder=tokenizer.stream_decoder, prefill=self._prefill,
             eos_ids=tokenizer.eos_token_ids, budget=self.token_budget,
             sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
-            device=model.device,
+            device=model.device, token_text=tokenizer.token_text,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)

@@ -16,6 +16,12 @@ arguments, written as the model's output, so invalid JSON tests that path) answe
 call, one per marker; `tool_choice` "required" or a named function without a marker calls the
 first offered tool (or the named one) with `{}`. After a tool's result (the last message is a
 `tool` message) it answers `The tool said: <the result>`.
+
+Its sampling parameters are honoured as a model whose every step is certain would honour
+them: each answer token has probability 1 (logprob 0, and it is its step's only candidate:
+`top_logprobs` lists it alone); no penalty or finite bias can move a certainty, so the answer
+is the same for every temperature, penalty, bias and seed, and the n choices of a request are
+equal.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import re
 import time
 
-from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import EngineConfig
 from ..detokenize import IncrementalDetokenizer
 from ..tools import SEGMENT, glm4_parser, tool_names
@@ -68,7 +74,7 @@ class FakeBackend(Backend):
     def info(self) -> ModelInfo:
         return ModelInfo(
             model_id="fake", backend="fake", device="cpu", context_length=self.context_length,
-            source="built in (test double)",
+            source="built in (test double)", vocab_size=4 << 24,  # ids: (length << 24) | bytes
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
@@ -121,8 +127,16 @@ class FakeBackend(Backend):
                 if step >= len(ids):
                     seq.finish("stop")
                 else:
-                    seq.push_token(ids[step])
+                    seq.push_token(ids[step], self._logprob(seq, ids[step]))
                     plan[2] += 1
+
+    @staticmethod
+    def _logprob(seq: Sequence, token_id: int) -> TokenLogprob | None:
+        if seq.params.logprobs is None:
+            return None
+        raw = (token_id & 0xFFFFFF).to_bytes(token_id >> 24, "big")
+        text = raw.decode("utf-8", errors="replace")
+        return TokenLogprob(text, raw, 0.0, (TopLogprob(text, raw, 0.0),) if seq.params.logprobs else ())
 
     def _plan(self, seq: Sequence) -> list:
         """[sequence, the answer's token ids, the next step]."""

@@ -30,6 +30,7 @@ import collections
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -38,7 +39,7 @@ from pathlib import Path
 import httpx
 
 from ..control_tokens import ControlTokens
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ PROMPT_CACHE_MIB = 1024  # llama.cpp's RAM cache of idle slots' prompts (its def
 # Sampler order of the project's own sampling (sampling.py): penalty, temperature, top-k, top-p.
 SAMPLERS = ["penalties", "temperature", "top_k", "top_p"]
 COUNT_MEMO = 256  # prompts whose token counts are remembered
+IMPOSSIBLE = -9999.0  # OpenAI's logprob of a token that cannot be drawn (as sampling.py writes it)
 MAX_SEED = 0xFFFFFFFF  # llama.cpp seeds are uint32, and this one means "random"
 
 
@@ -109,12 +111,12 @@ def gguf_context_length(path: Path) -> int:
     return int(header[key])
 
 
-def gguf_control_tokens(path: Path) -> ControlTokens:
+def gguf_control_tokens(path: Path) -> tuple[ControlTokens, int]:
     """The tokens llama.cpp would parse out of a message's text (control and user-defined
-    ones, such as `<|im_end|>`): only the chat template may place them."""
+    ones, such as `<|im_end|>`): only the chat template may place them; and the vocabulary's size."""
     header = read_gguf_header(path, lambda key: key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"))
     tokens, types = header.get("tokenizer.ggml.tokens") or [], header.get("tokenizer.ggml.token_type") or []
-    return ControlTokens(t for t, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED))
+    return ControlTokens(t for t, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED)), len(tokens)
 
 
 def has_gpu() -> bool:
@@ -145,6 +147,7 @@ class LlamaCppBackend(Backend):
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
         self.chatglm_family: str | None = None  # "v2"/"v3" for a converted ChatGLM checkpoint
         self.control_tokens = ControlTokens(())
+        self.vocab_size: int | None = None
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -174,7 +177,7 @@ class LlamaCppBackend(Backend):
 
         gguf = self._gguf()
         trained = gguf_context_length(gguf)
-        self.control_tokens = gguf_control_tokens(gguf)
+        self.control_tokens, self.vocab_size = gguf_control_tokens(gguf)
         self.context_length = min(trained, self.config.context) if self.config.context else trained
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf)
@@ -223,6 +226,7 @@ class LlamaCppBackend(Backend):
             model_id=self.model_id, backend="llamacpp", device="cpu" if self.config.device < 0 else f"gpu:{self.config.device}",
             context_length=self.context_length, dtype="gguf",
             quantize=self.config.quantize if self.config.quantize != 16 else None, source=self.source,
+            vocab_size=self.vocab_size,
         )
 
     # -- prompts ------------------------------------------------------------------------------
@@ -348,6 +352,16 @@ class LlamaCppBackend(Backend):
             "repeat_last_n": self.context_length,  # the whole context, as transformers applies the penalty
             "samplers": SAMPLERS,
         }
+        if p.frequency_penalty or p.presence_penalty:  # llama.cpp's penalties sampler, with the repetition penalty
+            body["frequency_penalty"], body["presence_penalty"] = p.frequency_penalty or 0.0, p.presence_penalty or 0.0
+        if p.logit_bias:
+            body["logit_bias"] = [[token, bias] for token, bias in p.logit_bias]
+        if p.logprobs is not None:
+            # llama.cpp returns none with top_logprobs 0: one is asked for and not passed on.
+            # A sampled answer's probabilities are those after its sampler chain (the
+            # distribution drawn from); a greedy one's would all be 1, so it gets the model's own
+            # softmax (before penalties and bias) instead (docs/sampling.md).
+            body.update(logprobs=True, top_logprobs=max(1, p.logprobs), post_sampling_probs=temperature > 0)
         if p.seed is not None:
             body["seed"] = p.seed % MAX_SEED
         if p.stop:
@@ -385,13 +399,14 @@ class _Stream:
             self.usage = chunk.get("usage") or self.usage
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or ""
-                if text:
+                logprobs = self._logprobs(choice.get("logprobs"))
+                if text or logprobs:
                     generated = timings.get("predicted_n", self.counted + 1)
                     tokens, self.counted = generated - self.counted, generated
                     # The answer's last token (the Sequence ends it on its budget): the stages
                     # give up what they hold now, or it would be lost.
                     text = self._staged(text, last=seq.completion_tokens + tokens >= seq.max_new_tokens)
-                    if not seq.push_text(text, tokens):
+                    if not seq.push_text(text, tokens, logprobs):
                         return True
                 self.reason = choice.get("finish_reason") or self.reason
             return seq.cancelled
@@ -399,6 +414,23 @@ class _Stream:
             self.failure = exc
             return True
 
+
+    def _logprobs(self, data: dict | None) -> list[TokenLogprob]:
+        """llama.cpp's tokens of a chunk: `logprob`s, or `prob`s after its sampler chain."""
+        wanted = self.seq.params.logprobs
+        if wanted is None or not data:
+            return []
+
+        def candidate(item: dict) -> TopLogprob:
+            logprob = item["logprob"] if "logprob" in item else _log(item["prob"])
+            raw = bytes(item.get("bytes") or b"")
+            return TopLogprob(raw.decode("utf-8", errors="replace"), raw, logprob)
+
+        return [
+            TokenLogprob(**vars(candidate(item)),
+                         top=tuple(candidate(t) for t in (item.get("top_logprobs") or item.get("top_probs") or [])[:wanted]))
+            for item in data.get("content") or []
+        ]
 
     def _staged(self, text: str, last: bool) -> str:
         for stage in self.stages:
@@ -410,6 +442,10 @@ class _Stream:
         text = self._staged("", last=True)
         if text:
             self.seq.push_text(text, 0)
+
+
+def _log(prob: float) -> float:
+    return math.log(prob) if prob > 0 else IMPOSSIBLE
 
 
 def _chatglm_family(directory: Path) -> str | None:

@@ -21,7 +21,7 @@ import logging
 
 import httpx
 
-from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence
+from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import EngineConfig
 from ..tools import ToolCall, json_arguments, new_call_id
 
@@ -117,9 +117,14 @@ class OpenAIBackend(Backend):
             "model": self.model, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},
             **{k: v for k, v in (("temperature", seq.params.temperature), ("top_p", seq.params.top_p),
-                                 ("seed", seq.params.seed)) if v is not None},
+                                 ("seed", seq.params.seed), ("frequency_penalty", seq.params.frequency_penalty),
+                                 ("presence_penalty", seq.params.presence_penalty)) if v is not None},
             **openai_messages(seq.messages, seq.params),
         }
+        if seq.params.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in seq.params.logit_bias}
+        if seq.params.logprobs is not None:  # the upstream's own logprobs, passed back as they come
+            body.update(logprobs=True, top_logprobs=seq.params.logprobs)
         calls: dict[int, dict] = {}  # the streamed tool calls by index: id, name, arguments so far
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
@@ -152,7 +157,8 @@ class OpenAIBackend(Backend):
                         if not isinstance(text, str):
                             raise TypeError(f"delta content of type {type(text).__name__}")
                         text, held = _whole_characters(held + text)
-                        if text and not seq.push_text(text):
+                        logprobs = _logprobs(choice.get("logprobs")) if seq.params.logprobs is not None else []
+                        if (text or logprobs) and not seq.push_text(text, 1 if text else 0, logprobs):
                             return  # stop string, budget or cancellation: closing aborts upstream
                         upstream_reason = choice.get("finish_reason") or upstream_reason
             if upstream_reason is None:  # every OpenAI stream ends with a finish_reason: this one was cut
@@ -207,6 +213,17 @@ def openai_messages(messages: list[Message], params: GenerationParams) -> dict:
     if extra and params.parallel_tool_calls is False:
         extra["parallel_tool_calls"] = False
     return {"messages": out, **extra}
+
+
+def _logprobs(data: dict | None) -> list[TokenLogprob]:
+    """An OpenAI chunk's `logprobs.content` entries (bytes as given, else the token's UTF-8)."""
+
+    def candidate(item: dict) -> TopLogprob:
+        raw = bytes(item["bytes"]) if item.get("bytes") is not None else str(item["token"]).encode()
+        return TopLogprob(str(item["token"]), raw, float(item["logprob"]))
+
+    return [TokenLogprob(**vars(candidate(item)), top=tuple(candidate(t) for t in item.get("top_logprobs") or []))
+            for item in (data or {}).get("content") or []]
 
 
 def _status_error(status: int) -> str:

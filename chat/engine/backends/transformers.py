@@ -22,7 +22,7 @@ from .. import control_tokens
 from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
-from ..detokenize import IncrementalDetokenizer
+from ..detokenize import IncrementalDetokenizer, piece_bytes
 from ..sampling import SamplingConfig
 from ..tools import glm4_parser, tool_names
 
@@ -79,6 +79,8 @@ class TransformersBackend(Backend):
             self.tokenizer.chat_template = FALLBACK_TEMPLATE
         self.eos_ids = self._eos_ids()
         self._fast_decode = self._token_decoder()
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._byte_level = "ByteLevel" in repr(getattr(backend, "decoder", None))
         self.sampling_defaults = self._sampling_defaults()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
 
@@ -131,6 +133,7 @@ class TransformersBackend(Backend):
             model_id=self.model_id, backend="transformers", device=str(self.device),
             context_length=self.context_length, dtype=str(self.dtype).removeprefix("torch."),
             quantize=self.config.quantize if self.config.quantize != 16 else None, source=self.source,
+            vocab_size=int(self.model.config.vocab_size) if self.model is not None else None,
         )
 
     # -- prompts ------------------------------------------------------------------------------
@@ -185,6 +188,16 @@ class TransformersBackend(Backend):
             return lambda ids: rust.decode(ids, skip_special_tokens=True)
         return self._decode
 
+    def _token_text(self, token_id: int) -> tuple[str, bytes]:
+        """One token's text (as it reads inside an answer) and exact bytes, for logprobs."""
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:  # an id of the model's padded vocabulary past the tokenizer's
+            return "", b""
+        if token_id in self.tokenizer.all_special_ids:
+            return piece, piece.encode()
+        raw = piece_bytes(piece, self._byte_level)
+        return raw.decode("utf-8", errors="replace"), raw
+
     def clear_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -199,7 +212,7 @@ class TransformersBackend(Backend):
         batcher = ContinuousBatcher(
             prompt=self._prompt_ids, decoder=lambda: IncrementalDetokenizer(self._fast_decode),
             prefill=self._prefill, eos_ids=self.eos_ids, budget=self.token_budget, sampling_defaults=self.sampling_defaults,
-            max_batch_size=self.max_batch_size, device=self.device,
+            max_batch_size=self.max_batch_size, device=self.device, token_text=self._token_text,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)

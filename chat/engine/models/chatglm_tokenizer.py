@@ -25,7 +25,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ..base import Message
-from ..detokenize import IncrementalDetokenizer
+from ..detokenize import IncrementalDetokenizer, piece_bytes
 
 # --------------------------------------------------------------------------------------------
 # Chat messages -> (history pairs, query), for the text-template families v1 and v2.
@@ -241,6 +241,14 @@ class ChatGLMTokenizer(abc.ABC):
     @abc.abstractmethod
     def build_prompt(self, messages: Sequence[Message]) -> list[int]:
         """Prompt ids for chat messages, exactly as the reference `chat()` builds them."""
+
+    def token_text(self, token_id: int) -> tuple[str, bytes]:
+        """One token's text and exact bytes (its sentencepiece piece), for logprobs; a special
+        or padding id has none."""
+        if not 0 <= token_id < self.num_pieces or self.sp.is_control(token_id):
+            return "", b""
+        raw = piece_bytes(self.sp.id_to_piece(token_id), byte_level=False)
+        return raw.decode("utf-8", errors="replace"), raw
 
     def _raw_decode(self, ids: list[int]) -> str:
         """Decode before the text-level rules that `stream_decoder` applies as stages."""

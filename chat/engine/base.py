@@ -13,7 +13,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence as SequenceABC
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # replaced by U+FFFD in generated text
@@ -54,14 +57,21 @@ class GenerationParams:
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # What the output must match (response_format); see constraints.py.
+    constraint: Constraint | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The non-default fields, for storage next to an answer."""
+        """The non-default fields, for storage next to an answer (plain JSON)."""
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value not in (None, ()):
-                out[field.name] = list(value) if isinstance(value, tuple) else value
+            if value in (None, ()):
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif hasattr(value, "as_dict"):
+                value = value.as_dict()
+            out[field.name] = value
         return out
 
 

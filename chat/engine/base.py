@@ -325,6 +325,13 @@ class Backend(abc.ABC):
         default decodes a static batch; new arrivals wait for the next one."""
         self.generate(sequences)
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Raise UnsupportedConstraint unless this backend can enforce `constraint` (a
+        response_format). Called by Engine.submit on the caller's thread: must be thread-safe."""
+        from .constraints import UnsupportedConstraint
+
+        raise UnsupportedConstraint(f"The {self.info.backend} backend cannot constrain its output.")
+
     def clear_cache(self) -> None:
         """Free cached accelerator memory (the seed's /clear). A no-op on CPU."""
 

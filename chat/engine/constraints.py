@@ -43,6 +43,10 @@ class Constraint:
     def json_object(cls) -> Constraint:
         return cls(json_schema=JSON_OBJECT_SCHEMA)
 
+    @classmethod
+    def of_schema(cls, schema: dict[str, Any]) -> Constraint:
+        return cls(json_schema=json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
+
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON for storage next to an answer (the schema as an object, not as text)."""
         if self.json_schema is not None:

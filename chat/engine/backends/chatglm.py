@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from .. import grammar
 from ..base import Backend, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher
 from ..config import EngineConfig
+from ..constraints import Constraint
 from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
 from ..models.loading import load_model
@@ -39,6 +41,8 @@ class ChatGLMBackend(Backend):
         self.max_batch_size = config.max_batch_size
         self.model: ChatGLMBase | None = None
         self.tokenizer: ChatGLMTokenizer | None = None
+        self._vocabulary = grammar.LazyVocabulary(
+            lambda width: grammar.Vocabulary.of_chatglm(self._loaded()[1], width))
 
     def load(self) -> None:
         self.model, self.tokenizer = load_model(self.checkpoint_dir, self.config.torch_device, self.config.quantize)
@@ -77,6 +81,9 @@ class ChatGLMBackend(Backend):
             raise RuntimeError("the ChatGLM backend is not loaded")
         return self.model, self.tokenizer
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        grammar.grammar_of(constraint)
+
     def generate(self, sequences: list[Sequence]) -> None:
         self.generate_continuous(sequences, lambda limit: [])
 
@@ -89,7 +96,7 @@ class ChatGLMBackend(Backend):
             eos_ids=tokenizer.eos_token_ids, context_length=model.config.context_length,
             default_max_new_tokens=self.default_max_new_tokens(),
             sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
-            device=model.device,
+            device=model.device, vocabulary=self._vocabulary,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)

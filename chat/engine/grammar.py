@@ -19,23 +19,7 @@ import llguidance.torch
 import numpy as np
 import torch
 
-from .constraints import Constraint, UnsupportedConstraint
-
-
-def grammar_of(constraint: Constraint) -> str:
-    """llguidance's grammar text for a constraint, checked (UnsupportedConstraint if not valid)."""
-    try:
-        if constraint.json_schema is not None:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(constraint.json_schema)
-        else:
-            grammar = llguidance.LLMatcher.grammar_from_lark(constraint.lark)
-    except ValueError as exc:
-        raise UnsupportedConstraint(f"The grammar engine cannot use this schema: {exc}") from None
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        kind = "schema" if constraint.json_schema is not None else "grammar"
-        raise UnsupportedConstraint(f"The grammar engine cannot compile this {kind}: {messages[0]}")
-    return grammar
+from .constraints import Constraint, UnsupportedConstraint, grammar_of
 
 
 class Vocabulary:

@@ -91,7 +91,6 @@ UNSUPPORTED = [
     {"logit_bias": {"50256": -100}}, {"n": 2}, {"tools": [{"type": "function", "function": {"name": "f"}}]},
     {"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
     {"functions": [{"name": "f"}]}, {"function_call": {"name": "f"}},
-    {"response_format": {"type": "json_object"}}, {"response_format": {"type": "json_schema", "json_schema": {}}},
     {"modalities": ["text", "audio"]}, {"audio": {"voice": "alloy"}}, {"service_tier": "flex"},
     {"prediction": {"type": "content", "content": "x"}}, {"reasoning_effort": "low"}, {"verbosity": "low"},
     {"web_search_options": {}}, {"metadata": {"a": "b"}}, {"stream_options": {"include_obfuscation": True}},

@@ -6,16 +6,20 @@ model. `CHATGLM_FAKE_DELAY_MS` sets the time of a decode step (a fixed cadence: 
 tokens/s per stream). A user message that contains `[[fake:error]]` makes the "model" raise
 halfway through, to test failures mid-stream; one that contains `[[fake:prompt]]` makes it
 answer with the whole prompt it received (each message as `role: content`, joined by ` | `),
-to test which history reaches the model. It decodes sequences in batches that new requests
+to test which history reaches the model. With a JSON Schema constraint (response_format) it
+answers the smallest document of that schema whose strings are the echo (see `example_of`);
+it refuses Lark grammars. It decodes sequences in batches that new requests
 join between steps (continuous batching).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 from ..base import Backend, Message, ModelInfo, Sequence
+from ..constraints import Constraint, UnsupportedConstraint
 from ..detokenize import IncrementalDetokenizer
 
 ERROR_TRIGGER = "[[fake:error]]"
@@ -66,12 +70,20 @@ class FakeBackend(Backend):
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return sum(len(encode(m["content"])) + 2 for m in messages)
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The fake model follows JSON Schemas only, not Lark grammars.")
+
     @staticmethod
-    def reply_to(messages: list[Message]) -> str:
+    def reply_to(messages: list[Message], constraint: Constraint | None = None) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if PROMPT_TRIGGER in last_user:
-            return "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
-        return f"You said: {last_user}"
+            reply = "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
+        else:
+            reply = f"You said: {last_user}"
+        if constraint is not None:
+            return json.dumps(example_of(json.loads(constraint.json_schema), reply), ensure_ascii=False)
+        return reply
 
     def generate(self, sequences: list[Sequence]) -> None:
         self.generate_continuous(sequences, lambda limit: [])
@@ -112,4 +124,37 @@ class FakeBackend(Backend):
         seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
         if budget <= 0:
             seq.finish("length")
-        return [seq, encode(self.reply_to(seq.messages)), 0]
+        return [seq, encode(self.reply_to(seq.messages, seq.params.constraint)), 0]
+
+
+def example_of(schema: dict, text: str, root: dict | None = None):
+    """A small document valid against the common JSON Schema keywords (type, properties,
+    required, items, minItems, enum, const, minimum, anyOf/oneOf/allOf, local $ref), with
+    `text` for its strings: the fake model's structured answer."""
+    root = root if root is not None else schema
+    if "$ref" in schema and schema["$ref"].startswith("#/"):
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        return example_of(target, text, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_of(schema[key][0], text, root)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        return {name: example_of(sub, text, root) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [example_of(schema.get("items", {}), text, root) for _ in range(schema.get("minItems", 1))]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text

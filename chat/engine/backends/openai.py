@@ -23,6 +23,7 @@ import os
 import httpx
 
 from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence
+from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 from ..config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,10 @@ class OpenAIBackend(Backend):
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages)
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The upstream model server takes JSON Schemas only, not Lark grammars.")
+
     def generate(self, sequences: list[Sequence]) -> None:
         self.generate_continuous(sequences, lambda limit: [])
 
@@ -117,6 +122,8 @@ class OpenAIBackend(Backend):
             **{k: v for k, v in (("temperature", seq.params.temperature), ("top_p", seq.params.top_p),
                                  ("seed", seq.params.seed)) if v is not None},
         }
+        if seq.params.constraint is not None:
+            body["response_format"] = upstream_format(seq.params.constraint)
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
@@ -157,6 +164,14 @@ class OpenAIBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
             log.warning("upstream request failed: %s: %s", type(exc).__name__, str(exc)[:LOG_DETAIL_CHARS])
             seq.finish("error", error=_exception_error(exc))
+
+
+def upstream_format(constraint: Constraint) -> dict:
+    """The constraint as the upstream's own `response_format`: the server enforces it."""
+    if constraint.json_schema == JSON_OBJECT_SCHEMA:
+        return {"type": "json_object"}
+    return {"type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(constraint.json_schema), "strict": True}}
 
 
 def _status_error(status: int) -> str:

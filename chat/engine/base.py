@@ -13,7 +13,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence as SequenceABC
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
 
 from .tools import ToolCall, ToolParser
 
@@ -60,14 +63,21 @@ class GenerationParams:
     # decides; "required": it must call a tool; "function:NAME": it must call NAME.
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None  # None: several calls per answer allowed
+    # What the output must match (response_format); see constraints.py.
+    constraint: Constraint | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The non-default fields, for storage next to an answer."""
+        """The non-default fields, for storage next to an answer (plain JSON)."""
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value not in (None, ()):
-                out[field.name] = list(value) if isinstance(value, tuple) else value
+            if value in (None, ()):
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif hasattr(value, "as_dict"):
+                value = value.as_dict()
+            out[field.name] = value
         return out
 
 
@@ -346,6 +356,13 @@ class Backend(abc.ABC):
         if params.max_length:
             budget = min(budget, params.max_length - prompt_tokens)
         return min(budget, self.info.context_length - prompt_tokens)
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Raise UnsupportedConstraint unless this backend can enforce `constraint` (a
+        response_format). Called by Engine.submit on the caller's thread: must be thread-safe."""
+        from .constraints import UnsupportedConstraint
+
+        raise UnsupportedConstraint(f"The {self.info.backend} backend cannot constrain its output.")
 
     def clear_cache(self) -> None:
         """Free cached accelerator memory (the seed's /clear). A no-op on CPU."""

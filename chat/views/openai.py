@@ -206,6 +206,7 @@ async def responses(request):
         conversation_id=req.previous[0] if req.previous else None,
         system_prompt=req.system_prompt,
         store=req.store,
+        format_param="text.format",
     ))
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:

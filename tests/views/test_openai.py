@@ -90,7 +90,6 @@ UNSUPPORTED = [
     {"frequency_penalty": 0.5}, {"presence_penalty": -1}, {"logprobs": True}, {"top_logprobs": 3},
     {"logit_bias": {"50256": -100}}, {"n": 2},  # tools are honoured: tests/views/test_openai_tools.py
     {"functions": [{"name": "f"}]}, {"function_call": {"name": "f"}},
-    {"response_format": {"type": "json_object"}}, {"response_format": {"type": "json_schema", "json_schema": {}}},
     {"modalities": ["text", "audio"]}, {"audio": {"voice": "alloy"}}, {"service_tier": "flex"},
     {"prediction": {"type": "content", "content": "x"}}, {"reasoning_effort": "low"}, {"verbosity": "low"},
     {"web_search_options": {}}, {"metadata": {"a": "b"}}, {"stream_options": {"include_obfuscation": True}},

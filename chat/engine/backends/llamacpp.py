@@ -40,6 +40,7 @@ import httpx
 from ..control_tokens import ControlTokens
 from ..base import Backend, Message, ModelInfo, Sequence
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
+from ..constraints import Constraint, grammar_of
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,11 @@ class LlamaCppBackend(Backend):
 
     # -- decoding -----------------------------------------------------------------------------
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        # This xllamacpp build compiles JSON Schemas and "%llguidance" grammars with llguidance
+        # (xllamacpp.json_schema_to_grammar says "%llguidance ... %json"): the same check.
+        grammar_of(constraint)
+
     def run(self, sequences, admit) -> None:
         """One thread per sequence, each inside llama.cpp's blocking call; newcomers are admitted
         while slots are free. Returns when every sequence has ended."""
@@ -355,6 +361,11 @@ class LlamaCppBackend(Backend):
             body["seed"] = p.seed % MAX_SEED
         if p.stop:
             body["stop"] = list(p.stop)  # llama.cpp stops early; the Sequence still cuts the text
+        if p.constraint is not None and p.constraint.json_schema is not None:
+            # llama.cpp samples under the schema's grammar (EOS only where it is complete).
+            body["json_schema"] = json.loads(p.constraint.json_schema)
+        elif p.constraint is not None:  # this build has llguidance: its Lark, as the torch path
+            body["grammar"] = "%llguidance {}\n" + p.constraint.lark
         return body
 
 

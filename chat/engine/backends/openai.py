@@ -22,6 +22,7 @@ import logging
 import httpx
 
 from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence
+from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 from ..config import EngineConfig
 from ..tools import ToolCall, json_arguments, new_call_id
 
@@ -88,6 +89,10 @@ class OpenAIBackend(Backend):
     def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
         return None  # passed through: the upstream renders, constrains and parses the calls
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The upstream model server takes JSON Schemas only, not Lark grammars.")
+
     def run(self, sequences, admit) -> None:
         asyncio.run(self._run(sequences, admit))
 
@@ -124,6 +129,8 @@ class OpenAIBackend(Backend):
             **openai_messages(seq.messages, seq.params),
         }
         calls: dict[int, dict] = {}  # the streamed tool calls by index: id, name, arguments so far
+        if seq.params.constraint is not None:
+            body["response_format"] = upstream_format(seq.params.constraint)
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
@@ -210,6 +217,14 @@ def openai_messages(messages: list[Message], params: GenerationParams) -> dict:
     if extra and params.parallel_tool_calls is False:
         extra["parallel_tool_calls"] = False
     return {"messages": out, **extra}
+
+
+def upstream_format(constraint: Constraint) -> dict:
+    """The constraint as the upstream's own `response_format`: the server enforces it."""
+    if constraint.json_schema == JSON_OBJECT_SCHEMA:
+        return {"type": "json_object"}
+    return {"type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(constraint.json_schema), "strict": True}}
 
 
 def _status_error(status: int) -> str:

@@ -19,7 +19,7 @@ import os
 import time
 
 from ..base import Backend, Message, ModelInfo, Sequence
-from ..constraints import Constraint, UnsupportedConstraint
+from ..constraints import Constraint, UnsupportedConstraint, grammar_of
 from ..detokenize import IncrementalDetokenizer
 
 ERROR_TRIGGER = "[[fake:error]]"
@@ -73,6 +73,7 @@ class FakeBackend(Backend):
     def check_constraint(self, constraint: Constraint) -> None:
         if constraint.json_schema is None:
             raise UnsupportedConstraint("The fake model follows JSON Schemas only, not Lark grammars.")
+        grammar_of(constraint)  # refuses what the real backends' grammar engine refuses
 
     @staticmethod
     def reply_to(messages: list[Message], constraint: Constraint | None = None) -> str:

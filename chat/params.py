@@ -69,8 +69,9 @@ def generation_params(data: dict, renames: dict[str, str] | None = None, where: 
     renames = renames or {}
     values = {name: number(data, name, renames.get(name, name), where) for name in RANGES}
     stop = renames.get("stop", "stop")
+    fmt = data.get("response_format")  # absent or null: no constraint
     return GenerationParams(stop=stop_sequences(data.get(stop), where + stop),
-                            constraint=response_format(data.get("response_format"), where + "response_format"),
+                            constraint=None if fmt is None else response_format(fmt, where + "response_format"),
                             **values)
 
 

@@ -28,7 +28,7 @@ import time
 
 from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..config import EngineConfig
-from ..constraints import Constraint, UnsupportedConstraint
+from ..constraints import Constraint, UnsupportedConstraint, grammar_of
 from ..detokenize import IncrementalDetokenizer
 from ..tools import SEGMENT, glm4_parser, tool_names
 
@@ -81,6 +81,7 @@ class FakeBackend(Backend):
     def check_constraint(self, constraint: Constraint) -> None:
         if constraint.json_schema is None:
             raise UnsupportedConstraint("The fake model follows JSON Schemas only, not Lark grammars.")
+        grammar_of(constraint)  # refuses what the real backends' grammar engine refuses
 
     def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
         return None  # every tool_choice is honoured (see the module docstring)

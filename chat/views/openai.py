@@ -12,6 +12,7 @@ when CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import wraps
 
 from asgiref.sync import sync_to_async
@@ -106,9 +107,12 @@ async def _answer(request, parse, shapes, query_of):
     tools = getattr(req, "tools", [])
     if getattr(req, "uses_tools", False):
         backend = (await ready_engine()).backend
-        refusal = backend.tools_refusal([{"role": "system", "content": "", "tools": tools}], req.params)
+        offered = [{"role": "system", "content": "", "tools": tools}]
+        refusal = backend.tools_refusal(offered, dataclasses.replace(req.params, tool_choice=None))
+        param = "tools" if tools else "messages"
+        if refusal is None:  # the tools can be served: can the call be forced?
+            refusal, param = backend.tools_refusal(offered, req.params), "tool_choice"
         if refusal is not None:
-            param = "tools" if tools else "messages"
             raise ChatError(f"'{param}' cannot be served with this model: {refusal}.", param=param,
                             code="unsupported_parameter")
     turn = await start_turn(TurnInput(

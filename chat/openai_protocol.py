@@ -2,9 +2,10 @@
 
 Every parameter of OpenAI's chat and (legacy) completions requests is either honoured or
 refused with a 400 naming it: never silently dropped. Parameters this server cannot honour
-yet (structured output; tools outside /v1/chat/completions, which honours them: docs/tools.md)
-are still accepted at their no-op values, which SDKs and LangChain send by default (`tools: []`,
-`response_format: {"type": "text"}`). Fields OpenAI does not define are refused as OpenAI
+yet (tools outside /v1/chat/completions, which honours them: docs/tools.md) are still accepted
+at their no-op values, which SDKs and LangChain send by default (`tools: []`). Structured
+output (`response_format`, the Responses API's `text.format`) is enforced by constrained
+decoding (chat/engine/constraints.py). Fields OpenAI does not define are refused as OpenAI
 refuses them ("Unrecognized request argument"), except vLLM's `top_k` and
 `repetition_penalty`, which are honoured. The sampling surface (penalties, `logit_bias`,
 `logprobs`, `n`, `seed`) is honoured on every backend (docs/sampling.md).
@@ -62,16 +63,13 @@ NOOP: dict[str, tuple[Callable[[Any, dict], bool], str]] = {
                       "the legacy 'function_call' is not supported: send 'tool_choice'"),
     "parallel_tool_calls": (lambda v, d: isinstance(v, bool) and _no_tools(d),
                             "function tools are served by /v1/chat/completions only"),
-    "response_format": (lambda v, d: v == {"type": "text"},
-                        "only {\"type\": \"text\"}: structured output is not supported by this server yet"),
     "modalities": (lambda v, d: v == ["text"], "only [\"text\"] is supported"),
     "service_tier": (lambda v, d: v in ("auto", "default"), "only 'auto' or 'default' is supported"),
     "metadata": (lambda v, d: v == {}, "stored completions carry no metadata on this server"),
     "suffix": (lambda v, d: v == "", "inserting text is not supported"),
     # The Responses API's own.
-    "text": (lambda v, d: isinstance(v, dict) and set(v) <= {"format", "verbosity"}
-             and v.get("format") in (None, {"type": "text"}) and v.get("verbosity") is None,
-             "only {\"format\": {\"type\": \"text\"}}: structured output is not supported by this server yet"),
+    "text": (lambda v, d: isinstance(v, dict) and set(v) <= {"format", "verbosity"} and v.get("verbosity") is None,
+             "only 'format' (this server's models do not take a verbosity)"),
     "reasoning": (lambda v, d: isinstance(v, dict) and all(x is None for x in v.values()),
                   "this server's models do not reason"),
     "truncation": (lambda v, d: v == "auto",
@@ -220,6 +218,8 @@ def choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:
     if params.seed is None:
         return [params] * n
     return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
+def with_constraint(generation: GenerationParams, constraint) -> GenerationParams:
+    return dataclasses.replace(generation, constraint=constraint) if constraint is not None else generation
 
 
 # -- served model names -----------------------------------------------------------------------
@@ -547,7 +547,9 @@ class ChatRequest(_Request):
         parallel = optional(data, "parallel_tool_calls", bool, "a boolean")
         if choice == "none":  # the model is not told of tools it may not call
             self.tools, choice = [], None
-        self.params = dataclasses.replace(generation_params(data, **surface), tool_choice=choice,
+        constraint = None if data.get("response_format") is None else params.response_format(data["response_format"])
+        self.params = dataclasses.replace(with_constraint(generation_params(data, **surface), constraint),
+                                          tool_choice=choice,
                                           parallel_tool_calls=False if parallel is False and self.tools else None)
         self.system_prompt, self.history, self.query, self.steps = tool_conversation(data.get("messages"))
         # Whether the model must read or write tool calls: a backend without a tool format refuses.
@@ -806,7 +808,9 @@ class ResponsesRequest(_Request):
             value = params.number(data, field, param=name)
             if value is not None:
                 values[field] = value
-        self.params = GenerationParams(**values)
+        text = data.get("text") or {}
+        self.text_format = text.get("format") or {"type": "text"}
+        self.params = GenerationParams(constraint=params.text_format(self.text_format), **values)
         self.instructions = optional(data, "instructions", str, "a string")
         system, self.history, self.query = conversation(_input_messages(data.get("input")), "input")
         self.system_prompt = _merge([self.instructions or "", system or ""]) or None
@@ -822,7 +826,7 @@ class ResponsesRequest(_Request):
                      "previous_response_id": data.get("previous_response_id"),
                      "temperature": data.get("temperature", 1.0), "top_p": data.get("top_p", 1.0),
                      "store": self.store, "user": data.get("user"), "metadata": data.get("metadata") or {},
-                     "truncation": data.get("truncation") or "auto"}
+                     "truncation": data.get("truncation") or "auto", "text": {"format": self.text_format}}
 
 
 class ResponseShapes:
@@ -843,7 +847,7 @@ class ResponseShapes:
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
             "error": error, "incomplete_details": {"reason": incomplete} if incomplete else None,
             "model": self.model, "output": output, "parallel_tool_calls": False, "tool_choice": "none",
-            "tools": [], "text": {"format": {"type": "text"}}, "reasoning": {"effort": None, "summary": None},
+            "tools": [], "reasoning": {"effort": None, "summary": None},
             "usage": self.usage(usage) if usage else None, **self.echo,
         }
 

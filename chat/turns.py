@@ -33,6 +33,7 @@ from .engine import (
     QueuePosition,
     Started,
     TextDelta,
+    UnsupportedConstraint,
     get_engine,
 )
 from . import tree
@@ -67,6 +68,8 @@ class TurnInput:
     # (assistant tool calls and tool results after `query`) when the turn continues after them.
     tools: list[dict] = dataclasses.field(default_factory=list)
     steps: list[dict] = dataclasses.field(default_factory=list)
+    # What the protocol calls the output format (params.constraint), for a 400 that names it.
+    format_param: str = "response_format"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,6 +388,8 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:
         raise model_unavailable(str(exc)) from exc
+    except UnsupportedConstraint as exc:  # about the client's own schema: said as it is
+        raise invalid(inp.format_param, str(exc), "unsupported_format") from exc
 
     turn = Turn(inp, history, truncated, request, claim)
     if inp.store:

@@ -21,6 +21,7 @@ from .base import (  # noqa: F401 - the engine's public vocabulary
     TopLogprob,
 )
 from .config import EngineConfig
+from .constraints import Constraint, UnsupportedConstraint  # noqa: F401
 from .scheduler import Engine
 
 _engine: Engine | None = None

@@ -14,7 +14,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence as SequenceABC
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
 
 from .tools import ToolCall, ToolParser
 
@@ -69,14 +72,21 @@ class GenerationParams:
     # Log probabilities of each generated token and of this many most likely alternatives
     # (0-20); None: none are computed.
     logprobs: int | None = None
+    # What the output must match (response_format); see constraints.py.
+    constraint: Constraint | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The non-default fields, for storage next to an answer."""
+        """The non-default fields, for storage next to an answer (plain JSON)."""
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value not in (None, ()):
-                out[field.name] = [list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, tuple) else value
+            if value in (None, ()):
+                continue
+            if isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            elif hasattr(value, "as_dict"):
+                value = value.as_dict()
+            out[field.name] = value
         return out
 
 
@@ -422,6 +432,13 @@ class Backend(abc.ABC):
         if params.max_length:
             budget = min(budget, params.max_length - prompt_tokens)
         return min(budget, self.info.context_length - prompt_tokens)
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Raise UnsupportedConstraint unless this backend can enforce `constraint` (a
+        response_format). Called by Engine.submit on the caller's thread: must be thread-safe."""
+        from .constraints import UnsupportedConstraint
+
+        raise UnsupportedConstraint(f"The {self.info.backend} backend cannot constrain its output.")
 
     def clear_cache(self) -> None:
         """Free cached accelerator memory (the seed's /clear). A no-op on CPU."""

@@ -13,6 +13,7 @@ two batches to one length and dropping columns that are padding in every row.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -20,7 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .base import Decoder, GenerationParams, Message, Sequence, TokenLogprob, TopLogprob
+from .constraints import UnsupportedConstraint
+from .grammar import Vocabulary, mask_rows
 from .sampling import SamplingConfig, choose, logprobs_of, make_generator, penalise
+
+log = logging.getLogger(__name__)
 
 
 class KVBatch(Protocol):
@@ -41,10 +46,11 @@ class KVBatch(Protocol):
 class Row:
     """One sequence's place in the batch."""
 
-    __slots__ = ("seq", "sampling", "generator")
+    __slots__ = ("seq", "sampling", "generator", "matcher")
 
     def __init__(self, seq: Sequence, sampling: SamplingConfig, generator: torch.Generator | None):
         self.seq, self.sampling, self.generator = seq, sampling, generator
+        self.matcher = None  # the grammar state of a row with a constraint (grammar.Matcher)
 
 
 class Batch:
@@ -93,6 +99,7 @@ class ContinuousBatcher:
         max_batch_size: int,
         device: torch.device | str,
         token_text: Callable[[int], tuple[str, bytes]],
+        vocabulary: Callable[[int], Vocabulary] | None = None,
     ):
         self.prompt, self.decoder, self.prefill, self.token_text = prompt, decoder, prefill, token_text
         self.eos_ids = frozenset(eos_ids)
@@ -100,6 +107,9 @@ class ContinuousBatcher:
         self.sampling_defaults = sampling_defaults
         self.max_batch_size = max_batch_size
         self.device = torch.device(device)
+        # The grammar engine's view of the model's ids, for a logits width; built on first
+        # use: rows without a constraint never need it.
+        self.vocabulary = vocabulary
 
     def start(self, seq: Sequence) -> list[int] | None:
         """Build the prompt and begin the sequence with its budget; None if it has no room."""
@@ -142,7 +152,31 @@ class ContinuousBatcher:
         # then, so a batch without them carries no [B, V] of counts).
         width = logits.shape[-1] if any(row.sampling.counts_answer for row in rows) else 1
         counts = torch.zeros(len(rows), width, device=logits.device)
-        return Batch(rows, kv, logits, seen, counts)
+        batch = Batch(rows, kv, logits, seen, counts)
+        failed = [index for index, row in enumerate(rows) if not self._constrain(row, logits.shape[-1])]
+        if failed:
+            keep = [index for index in range(len(rows)) if index not in failed]
+            if not keep:
+                return None
+            batch.select(keep)
+            batch.logits = batch.logits[torch.tensor(keep, device=logits.device)]
+        return batch
+
+    def _constrain(self, row: Row, width: int) -> bool:
+        """Start the grammar of a row with a constraint; False (the sequence ended as an
+        error) if it cannot be enforced. Submit refuses such constraints already."""
+        constraint = row.seq.params.constraint
+        if constraint is None:
+            return True
+        try:
+            if self.vocabulary is None:
+                raise UnsupportedConstraint("this backend has no grammar engine")
+            row.matcher = self.vocabulary(width).matcher(constraint)
+        except UnsupportedConstraint as exc:
+            log.warning("constraint not enforceable: %s", exc)
+            row.seq.finish("error", UnsupportedConstraint.code)
+            return False
+        return True
 
     def _step(self, batch: Batch) -> Batch | None:
         """Pick every row's next token, let each sequence account it, drop the rows that
@@ -150,14 +184,23 @@ class ContinuousBatcher:
         rows = batch.rows
         configs = [r.sampling for r in rows]
         logits = penalise(batch.logits, configs, batch.seen, batch.counts)
+        constrained = [index for index, row in enumerate(rows) if row.matcher is not None]
+        if constrained:  # last: the distribution drawn from (and its logprobs) is the grammar's
+            mask_rows(logits, constrained, [rows[i].matcher for i in constrained])
         tokens = choose(logits, configs, [r.generator for r in rows])
         ids = tokens.tolist()  # the one device-to-host copy of the step
         eos, keep = self.eos_ids, []
         for index, (row, token) in enumerate(zip(batch.rows, ids)):
-            if token in eos:
+            if token in eos:  # a constrained row: only where its grammar accepts the answer
                 row.seq.finish("stop")
+            elif row.matcher is not None and not row.matcher.accept(token):
+                log.error("the grammar refused the token it allowed (%d)", token)
+                row.seq.finish("error", UnsupportedConstraint.code)
             elif row.seq.push_token(token, self._logprob(logits[index], row.sampling, token)):
-                keep.append(index)  # else: budget, stop string or cancellation
+                if row.matcher is not None and row.matcher.done:  # nothing may follow
+                    row.seq.finish("stop")
+                else:
+                    keep.append(index)  # else: budget, stop string or cancellation
         if not keep:
             return None
         if any(row.sampling.repetition_penalty != 1.0 for row in rows):  # only they read `seen`

@@ -198,6 +198,10 @@ class Engine:
             raise EngineUnavailable(f"The model failed to load: {self._load_error}")
         if self._stopping:
             raise EngineUnavailable("The engine is shutting down.")
+        if params.constraint is not None and self.ready:
+            # UnsupportedConstraint: refused now (a 400), never run unconstrained. Before the
+            # model is ready, a row whose constraint cannot be enforced ends as an error.
+            self.backend.check_constraint(params.constraint)
         request = Request(self, messages, params, owner)
         with self._cond:
             if len(self._waiting) >= self.max_queue:

@@ -179,6 +179,62 @@ class ToolParser:
         return text, calls
 
 
+class CallAssembler:
+    """Calls streamed in OpenAI's delta shape (`{"index", "id", "function": {"name", "arguments"}}`
+    parts, the arguments' text in pieces), as from an upstream server or llama.cpp's own parser."""
+
+    def __init__(self):
+        self.calls: dict[int, dict] = {}  # by index: id, name, arguments so far
+
+    def add(self, part: dict) -> None:
+        call = self.calls.setdefault(part.get("index", 0), {"id": "", "name": "", "arguments": ""})
+        function = part.get("function") or {}
+        call["id"] = part.get("id") or call["id"]
+        call["name"] += function.get("name") or ""
+        call["arguments"] += function.get("arguments") or ""
+
+    def finish(self) -> tuple[list[ToolCall], str]:
+        """The calls, and the text of those whose arguments are not a JSON object: as a local
+        model's unparseable call, such a call is answered as its text, never as a broken call."""
+        calls, broken = [], []
+        for index in sorted(self.calls):
+            call = self.calls[index]
+            arguments = json_arguments(call["arguments"] or "{}")
+            if arguments is None:
+                log.info("a tool call of %s had invalid JSON arguments; answered as text", call["name"])
+                broken.append(f"{call['name']}\n{call['arguments']}")
+            else:
+                calls.append(ToolCall(call["id"] or new_call_id(), call["name"], arguments))
+        return calls, "\n".join(broken)
+
+
+def openai_messages(messages: list[dict], tool_choice: str | None = None, parallel: bool | None = None) -> dict:
+    """`messages` (and `tools`, `tool_choice`, `parallel_tool_calls`) in OpenAI's request shape,
+    from engine messages (see the module docstring): what an upstream server and llama.cpp's
+    own chat handling read."""
+    out, extra = [], {}
+    for message in messages:
+        role = message["role"]
+        if role == "system" and "tools" in message:
+            extra["tools"] = [{"type": "function", "function": tool} for tool in message["tools"]]
+            if message["content"]:
+                out.append({"role": "system", "content": message["content"]})
+        elif role == "assistant" and message.get("tool_calls"):
+            out.append({"role": "assistant", "content": message["content"] or None, "tool_calls": [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in message["tool_calls"]]})
+        elif role == "tool":
+            out.append({"role": "tool", "tool_call_id": message["tool_call_id"], "content": message["content"]})
+        else:
+            out.append({"role": role, "content": message["content"]})
+    if extra and tool_choice is not None:
+        name = tool_choice.removeprefix("function:")
+        extra["tool_choice"] = "required" if name == "required" else {"type": "function", "function": {"name": name}}
+    if extra and parallel is False:
+        extra["parallel_tool_calls"] = False
+    return {"messages": out, **extra}
+
+
 def _partial_suffix(text: str, marker: str) -> int:
     """How many of `text`'s last characters may start `marker`."""
     for k in range(min(len(marker) - 1, len(text)), 0, -1):

@@ -109,9 +109,12 @@ async def _answer(request, parse, shapes, query_of):
     tools = getattr(req, "tools", [])
     if getattr(req, "uses_tools", False):
         backend = (await ready_engine()).backend
-        refusal = backend.tools_refusal([{"role": "system", "content": "", "tools": tools}], req.params)
+        offered = [{"role": "system", "content": "", "tools": tools}]
+        refusal = backend.tools_refusal(offered, dataclasses.replace(req.params, tool_choice=None))
+        param = "tools" if tools else "messages"
+        if refusal is None:  # the tools can be served: can the call be forced?
+            refusal, param = backend.tools_refusal(offered, req.params), "tool_choice"
         if refusal is not None:
-            param = "tools" if tools else "messages"
             raise ChatError(f"'{param}' cannot be served with this model: {refusal}.", param=param,
                             code="unsupported_parameter")
     params_of = choice_params(req.params, req.best_of)
@@ -262,6 +265,7 @@ async def responses(request):
         conversation_id=req.previous[0] if req.previous else None,
         system_prompt=req.system_prompt,
         store=req.store,
+        format_param="text.format",
     ))
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:

@@ -90,7 +90,6 @@ UNSUPPORTED = [
     # Honoured, so not here: tools (tests/views/test_openai_tools.py), the sampling surface
     # (tests/views/test_openai_sampling.py).
     {"functions": [{"name": "f"}]}, {"function_call": {"name": "f"}},
-    {"response_format": {"type": "json_object"}}, {"response_format": {"type": "json_schema", "json_schema": {}}},
     {"modalities": ["text", "audio"]}, {"audio": {"voice": "alloy"}}, {"service_tier": "flex"},
     {"prediction": {"type": "content", "content": "x"}}, {"reasoning_effort": "low"}, {"verbosity": "low"},
     {"web_search_options": {}}, {"metadata": {"a": "b"}}, {"stream_options": {"include_obfuscation": True}},

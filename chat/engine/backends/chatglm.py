@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from .. import grammar
 from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher
 from ..config import EngineConfig
+from ..constraints import Constraint
 from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
 from ..models.loading import load_model
@@ -40,6 +42,8 @@ class ChatGLMBackend(Backend):
         self.max_batch_size = config.max_batch_size
         self.model: ChatGLMBase | None = None
         self.tokenizer: ChatGLMTokenizer | None = None
+        self._vocabulary = grammar.LazyVocabulary(
+            lambda width: grammar.Vocabulary.of_chatglm(self._loaded()[1], width))
 
     def load(self) -> None:
         self.model, self.tokenizer = load_model(self.checkpoint_dir, self.config.torch_device, self.config.quantize)
@@ -94,6 +98,9 @@ class ChatGLMBackend(Backend):
             raise RuntimeError("the ChatGLM backend is not loaded")
         return self.model, self.tokenizer
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        grammar.grammar_of(constraint)
+
     def run(self, sequences: list[Sequence], admit) -> None:
         """Decode the batch step by step; between steps, sequences that arrived since are
         prefilled and merged into it (continuous batching)."""
@@ -102,7 +109,7 @@ class ChatGLMBackend(Backend):
             prompt=self._prompt, decoder=tokenizer.stream_decoder, prefill=self._prefill,
             eos_ids=tokenizer.eos_token_ids, budget=self.token_budget,
             sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
-            device=model.device, token_text=tokenizer.token_text,
+            device=model.device, token_text=tokenizer.token_text, vocabulary=self._vocabulary,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)

@@ -6,7 +6,9 @@ model. `CHATGLM_FAKE_DELAY_MS` sets the time of a decode step (a fixed cadence: 
 tokens/s per stream). A user message that contains `[[fake:error]]` makes the "model" raise
 halfway through, to test failures mid-stream; one that contains `[[fake:prompt]]` makes it
 answer with the whole prompt it received (each message as `role: content`, joined by ` | `),
-to test which history reaches the model. It decodes sequences in batches that new requests
+to test which history reaches the model. With a JSON Schema constraint (response_format) it
+answers the smallest document of that schema whose strings are the echo (see `example_of`);
+it refuses Lark grammars. It decodes sequences in batches that new requests
 join between steps (continuous batching).
 
 Tools: offered tools make it call them in GLM-4's syntax (`NAME\n{arguments}`, parsed back by
@@ -26,11 +28,13 @@ equal.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import EngineConfig
+from ..constraints import Constraint, UnsupportedConstraint, grammar_of
 from ..detokenize import IncrementalDetokenizer
 from ..tools import SEGMENT, glm4_parser, tool_names
 
@@ -80,6 +84,11 @@ class FakeBackend(Backend):
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return sum(len(encode(m["content"])) + 2 for m in messages)
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The fake model follows JSON Schemas only, not Lark grammars.")
+        grammar_of(constraint)  # refuses what the real backends' grammar engine refuses
+
     def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
         return None  # every tool_choice is honoured (see the module docstring)
 
@@ -91,18 +100,22 @@ class FakeBackend(Backend):
     def reply_to(messages: list[Message], params: GenerationParams = GenerationParams()) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if PROMPT_TRIGGER in last_user:
-            return "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
-        names = tool_names(messages)
-        if names and messages[-1]["role"] == "tool":
-            return f"The tool said: {messages[-1]['content']}"
-        if names:
-            calls = [f"{name}\n{arguments}" for name, arguments in CALL_TRIGGER.findall(last_user)]
-            if not calls and params.tool_choice:
-                forced = params.tool_choice.removeprefix("function:")
-                calls = [f"{names[0] if forced == 'required' else forced}\n{{}}"]
-            if calls:
-                return SEGMENT.join(calls)
-        return f"You said: {last_user}"
+            reply = "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
+        else:
+            reply = f"You said: {last_user}"
+            names = tool_names(messages)
+            if names and messages[-1]["role"] == "tool":
+                reply = f"The tool said: {messages[-1]['content']}"
+            elif names:
+                calls = [f"{name}\n{arguments}" for name, arguments in CALL_TRIGGER.findall(last_user)]
+                if not calls and params.tool_choice:
+                    forced = params.tool_choice.removeprefix("function:")
+                    calls = [f"{names[0] if forced == 'required' else forced}\n{{}}"]
+                if calls:
+                    return SEGMENT.join(calls)
+        if params.constraint is not None:
+            return json.dumps(example_of(json.loads(params.constraint.json_schema), reply), ensure_ascii=False)
+        return reply
 
     def run(self, sequences, admit) -> None:
         """Decode step by step; between steps, new sequences join the batch (each has its own
@@ -144,3 +157,36 @@ class FakeBackend(Backend):
         budget = self.token_budget(seq.params, prompt_tokens)
         seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)  # no budget: finished already
         return [seq, encode(self.reply_to(seq.messages, seq.params)), 0]
+
+
+def example_of(schema: dict, text: str, root: dict | None = None):
+    """A small document valid against the common JSON Schema keywords (type, properties,
+    required, items, minItems, enum, const, minimum, anyOf/oneOf/allOf, local $ref), with
+    `text` for its strings: the fake model's structured answer."""
+    root = root if root is not None else schema
+    if "$ref" in schema and schema["$ref"].startswith("#/"):
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        return example_of(target, text, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_of(schema[key][0], text, root)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        return {name: example_of(sub, text, root) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [example_of(schema.get("items", {}), text, root) for _ in range(schema.get("minItems", 1))]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text

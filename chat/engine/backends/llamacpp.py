@@ -39,8 +39,10 @@ from pathlib import Path
 import httpx
 
 from ..control_tokens import ControlTokens
-from ..base import Backend, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
+from ..constraints import Constraint, grammar_of
+from ..tools import CallAssembler, openai_messages
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,7 @@ class LlamaCppBackend(Backend):
         self.chatglm_family: str | None = None  # "v2"/"v3" for a converted ChatGLM checkpoint
         self.control_tokens = ControlTokens(())
         self.vocab_size: int | None = None
+        self.tools_missing: str | None = "not loaded"  # why this model cannot take tools (None: it can)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -178,6 +181,7 @@ class LlamaCppBackend(Backend):
         gguf = self._gguf()
         trained = gguf_context_length(gguf)
         self.control_tokens, self.vocab_size = gguf_control_tokens(gguf)
+        self.tools_missing = gguf_tools_missing(gguf)
         self.context_length = min(trained, self.config.context) if self.config.context else trained
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf)
@@ -236,13 +240,13 @@ class LlamaCppBackend(Backend):
         parse_special). Remembered for the last few prompts: the history fitting of a turn
         counts the very messages that generation then counts again, on its critical path.
         Safe from any thread (httpx.Client is; the memo has a lock)."""
-        messages = self.control_tokens.defuse_messages(messages)  # as generation sends them
-        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
+        request = openai_messages(self.control_tokens.defuse_messages(messages))  # as generation sends them
+        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
         with self._counts_lock:
             if key in self._counts:
                 self._counts.move_to_end(key)
                 return self._counts[key]
-        response = self._http.post("/apply-template", json={"messages": messages})
+        response = self._http.post("/apply-template", json=request)
         response.raise_for_status()
         response = self._http.post("/tokenize", json={"content": response.json()["prompt"],
                                                       "add_special": True, "parse_special": True})
@@ -268,6 +272,22 @@ class LlamaCppBackend(Backend):
         return {m[1]: float(m[2]) for m in re.finditer(r"^llamacpp:(\w+) (\S+)$", text, re.M)}
 
     # -- decoding -----------------------------------------------------------------------------
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        # This xllamacpp build compiles JSON Schemas and "%llguidance" grammars with llguidance
+        # (xllamacpp.json_schema_to_grammar says "%llguidance ... %json"): the same check.
+        grammar_of(constraint)
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        if self.tools_missing is not None:
+            return self.tools_missing
+        if params.tool_choice is not None:
+            # llama.cpp's grammar for a forced call lets text come first and takes any JSON
+            # object as the arguments (measured on its parser of a Hermes-style template): the
+            # call is not guaranteed within the budget, nor its arguments to the schema.
+            return ("llama.cpp does not force a call whose arguments follow the tool's schema; send 'auto', or serve "
+                    "the model with the transformers backend")
+        return None
 
     def run(self, sequences, admit) -> None:
         """One thread per sequence, each inside llama.cpp's blocking call; newcomers are admitted
@@ -344,7 +364,11 @@ class LlamaCppBackend(Backend):
             temperature, top_p, top_k = 0.0, 1.0, 0
         body = {
             # A user's `<|im_end|>` stays text: llama.cpp parses special tokens in the whole prompt.
-            "messages": self.control_tokens.defuse_messages(seq.messages), "stream": True, "max_tokens": budget,
+            # Tools, earlier calls and results in OpenAI's shape: llama.cpp renders them with the
+            # model's jinja template and parses the answer's calls itself (its `tool_calls` deltas).
+            **openai_messages(self.control_tokens.defuse_messages(seq.messages), p.tool_choice,
+                              p.parallel_tool_calls),
+            "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True}, "timings_per_token": True,
             "cache_prompt": True, "reasoning_format": "none",
             "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0, "typical_p": 1.0,
@@ -362,10 +386,17 @@ class LlamaCppBackend(Backend):
             # distribution drawn from); a greedy one's would all be 1, so it gets the model's own
             # softmax (before penalties and bias) instead (docs/sampling.md).
             body.update(logprobs=True, top_logprobs=max(1, p.logprobs), post_sampling_probs=temperature > 0)
+        if "tools" in body:
+            body["parallel_tool_calls"] = p.parallel_tool_calls is not False  # llama.cpp's default is false
         if p.seed is not None:
             body["seed"] = p.seed % MAX_SEED
         if p.stop:
             body["stop"] = list(p.stop)  # llama.cpp stops early; the Sequence still cuts the text
+        if p.constraint is not None and p.constraint.json_schema is not None:
+            # llama.cpp samples under the schema's grammar (EOS only where it is complete).
+            body["json_schema"] = json.loads(p.constraint.json_schema)
+        elif p.constraint is not None:  # this build has llguidance: its Lark, as the torch path
+            body["grammar"] = "%llguidance {}\n" + p.constraint.lark
         return body
 
 
@@ -381,6 +412,7 @@ class _Stream:
         self.usage: dict | None = None
         self.error: object = None
         self.failure: Exception | None = None
+        self.calls = CallAssembler()
 
     def on_chunk(self, chunk: dict) -> bool:
         """Return True to end the request (llama.cpp cancels it before its next step)."""
@@ -398,9 +430,12 @@ class _Stream:
                           timings.get("cache_n", 0), timings["prompt_n"], timings.get("prompt_ms", 0))
             self.usage = chunk.get("usage") or self.usage
             for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") or ""
+                delta = choice.get("delta") or {}
+                for part in delta.get("tool_calls") or []:
+                    self.calls.add(part)
+                text = delta.get("content") or ""
                 logprobs = self._logprobs(choice.get("logprobs"))
-                if text or logprobs:
+                if text or logprobs or delta.get("tool_calls"):
                     generated = timings.get("predicted_n", self.counted + 1)
                     tokens, self.counted = generated - self.counted, generated
                     # The answer's last token (the Sequence ends it on its budget): the stages
@@ -438,10 +473,46 @@ class _Stream:
         return text
 
     def flush(self) -> None:
-        """The text the stages held back, at the natural end of the answer."""
+        """The text the stages held back, and the calls, at the natural end of the answer."""
         text = self._staged("", last=True)
+        calls, broken = self.calls.finish()
+        text += ("\n" if text and broken else "") + broken
         if text:
             self.seq.push_text(text, 0)
+        self.seq.tool_calls += calls
+
+
+TOOL_SENTINEL = "chatglm_django_tool_probe"
+
+
+def gguf_tools_missing(path: Path) -> str | None:
+    """Why this GGUF's chat template cannot take tools (None: it can). As llama.cpp's own probe
+    does: a template takes tools when rendering one puts its name in the prompt. A template
+    without tools would get llama.cpp's generic JSON format, which the model was never taught.
+    The GLM families converted here answer calls in their own formats, which llama.cpp does not
+    parse: the chatglm and transformers backends serve their tools."""
+    header = read_gguf_header(path, lambda key: key in ("general.architecture", "tokenizer.chat_template"))
+    if header.get("general.architecture") in ("chatglm", "glm4"):
+        return ("a GLM checkpoint's tool-call format is served by the chatglm (ChatGLM3) and transformers (GLM-4) "
+                "backends, not by llama.cpp")
+    template = header.get("tokenizer.chat_template") or ""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ValueError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+        env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+        tool = {"type": "function", "function": {"name": TOOL_SENTINEL, "description": "",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        prompt = env.from_string(template).render(messages=[{"role": "user", "content": "Hi"}], tools=[tool],
+                                                  add_generation_prompt=True, bos_token="", eos_token="")
+    except Exception as exc:  # noqa: BLE001 - a template the probe cannot render is one without tools here
+        log.info("the chat template's tool support could not be probed: %s", exc)
+        prompt = ""
+    return None if TOOL_SENTINEL in prompt else "its chat template has no tool-calling section"
 
 
 def _log(prob: float) -> float:

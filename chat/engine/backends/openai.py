@@ -22,8 +22,9 @@ import logging
 import httpx
 
 from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
+from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 from ..config import EngineConfig
-from ..tools import ToolCall, json_arguments, new_call_id
+from ..tools import CallAssembler, openai_messages
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class OpenAIBackend(Backend):
     def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
         return None  # passed through: the upstream renders, constrains and parses the calls
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The upstream model server takes JSON Schemas only, not Lark grammars.")
+
     def run(self, sequences, admit) -> None:
         asyncio.run(self._run(sequences, admit))
 
@@ -119,13 +124,15 @@ class OpenAIBackend(Backend):
             **{k: v for k, v in (("temperature", seq.params.temperature), ("top_p", seq.params.top_p),
                                  ("seed", seq.params.seed), ("frequency_penalty", seq.params.frequency_penalty),
                                  ("presence_penalty", seq.params.presence_penalty)) if v is not None},
-            **openai_messages(seq.messages, seq.params),
+            **openai_messages(seq.messages, seq.params.tool_choice, seq.params.parallel_tool_calls),
         }
         if seq.params.logit_bias:
             body["logit_bias"] = {str(token): bias for token, bias in seq.params.logit_bias}
         if seq.params.logprobs is not None:  # the upstream's own logprobs, passed back as they come
             body.update(logprobs=True, top_logprobs=seq.params.logprobs)
-        calls: dict[int, dict] = {}  # the streamed tool calls by index: id, name, arguments so far
+        calls = CallAssembler()
+        if seq.params.constraint is not None:
+            body["response_format"] = upstream_format(seq.params.constraint)
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
@@ -148,11 +155,7 @@ class OpenAIBackend(Backend):
                         reported_tokens = chunk["usage"].get("completion_tokens")
                     for choice in chunk.get("choices") or []:
                         for part in (choice.get("delta") or {}).get("tool_calls") or []:
-                            call = calls.setdefault(part["index"], {"id": "", "name": "", "arguments": ""})
-                            function = part.get("function") or {}
-                            call["id"] = part.get("id") or call["id"]
-                            call["name"] += function.get("name") or ""
-                            call["arguments"] += function.get("arguments") or ""
+                            calls.add(part)
                         text = (choice.get("delta") or {}).get("content") or ""
                         if not isinstance(text, str):
                             raise TypeError(f"delta content of type {type(text).__name__}")
@@ -167,14 +170,10 @@ class OpenAIBackend(Backend):
                 seq.push_text(held, tokens=0)  # a lone half at the very end (Sequence makes it U+FFFD)
             if reported_tokens is not None:
                 seq.completion_tokens = reported_tokens
-            for index in sorted(calls):
-                call = calls[index]
-                arguments = json_arguments(call["arguments"] or "{}")
-                if arguments is None:  # as a local model's unparseable call: its text, not a broken call
-                    log.info("upstream tool call of %s had invalid JSON arguments; answered as text", call["name"])
-                    seq.push_text(f"{call['name']}\n{call['arguments']}", tokens=0)
-                else:
-                    seq.tool_calls.append(ToolCall(call["id"] or new_call_id(), call["name"], arguments))
+            tool_calls, broken = calls.finish()
+            if broken:
+                seq.push_text(broken, tokens=0)
+            seq.tool_calls += tool_calls
             seq.finish("length" if upstream_reason == "length" else "stop")
         except asyncio.CancelledError:
             seq.finish("cancelled")
@@ -189,30 +188,12 @@ def _chars(message: Message) -> int:
     return len(message["content"]) + (len(json.dumps(extra, ensure_ascii=False)) if extra else 0)
 
 
-def openai_messages(messages: list[Message], params: GenerationParams) -> dict:
-    """`messages` (and `tools`, `tool_choice`, `parallel_tool_calls`) of an upstream request,
-    from engine messages (chat/engine/tools.py) in OpenAI's shape."""
-    out, extra = [], {}
-    for message in messages:
-        role = message["role"]
-        if role == "system" and "tools" in message:
-            extra["tools"] = [{"type": "function", "function": tool} for tool in message["tools"]]
-            if message["content"]:
-                out.append({"role": "system", "content": message["content"]})
-        elif role == "assistant" and message.get("tool_calls"):
-            out.append({"role": "assistant", "content": message["content"] or None, "tool_calls": [
-                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                for c in message["tool_calls"]]})
-        elif role == "tool":
-            out.append({"role": "tool", "tool_call_id": message["tool_call_id"], "content": message["content"]})
-        else:
-            out.append({"role": role, "content": message["content"]})
-    if extra and params.tool_choice is not None:
-        name = params.tool_choice.removeprefix("function:")
-        extra["tool_choice"] = "required" if name == "required" else {"type": "function", "function": {"name": name}}
-    if extra and params.parallel_tool_calls is False:
-        extra["parallel_tool_calls"] = False
-    return {"messages": out, **extra}
+def upstream_format(constraint: Constraint) -> dict:
+    """The constraint as the upstream's own `response_format`: the server enforces it."""
+    if constraint.json_schema == JSON_OBJECT_SCHEMA:
+        return {"type": "json_object"}
+    return {"type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(constraint.json_schema), "strict": True}}
 
 
 def _logprobs(data: dict | None) -> list[TokenLogprob]:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .. import control_tokens
+from .. import control_tokens, grammar
 from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
+from ..constraints import Constraint
 from ..detokenize import IncrementalDetokenizer, piece_bytes
 from ..sampling import SamplingConfig
 from ..tools import glm4_parser, tool_names
@@ -46,6 +47,8 @@ class TransformersBackend(Backend):
         self.dtype = torch.float32 if config.device < 0 else torch.float16
         self.model = None
         self.tokenizer = None
+        self._vocabulary = grammar.LazyVocabulary(
+            lambda width: grammar.Vocabulary.of_hf(self.tokenizer, width, self.eos_ids))
         self._control_tokens = None
         self.eos_ids: set[int] = set()
         self.sampling_defaults = SamplingConfig()
@@ -205,6 +208,9 @@ class TransformersBackend(Backend):
 
     # -- decoding -----------------------------------------------------------------------------
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        grammar.grammar_of(constraint)
+
     def run(self, sequences: list[Sequence], admit) -> None:
         """Decode a batch step by step. Between steps, sequences that arrived since are
         prefilled and merged into the running batch (continuous batching), so a new request
@@ -213,6 +219,7 @@ class TransformersBackend(Backend):
             prompt=self._prompt_ids, decoder=lambda: IncrementalDetokenizer(self._fast_decode),
             prefill=self._prefill, eos_ids=self.eos_ids, budget=self.token_budget, sampling_defaults=self.sampling_defaults,
             max_batch_size=self.max_batch_size, device=self.device, token_text=self._token_text,
+            vocabulary=self._vocabulary,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)

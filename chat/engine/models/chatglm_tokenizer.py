@@ -207,6 +207,10 @@ def postprocess_response(family: str, text: str) -> str:
 # Tokenizers
 # --------------------------------------------------------------------------------------------
 
+# A byte-fallback piece: sentencepiece decodes it to that byte (v1 files do not mark them as
+# byte pieces, but decode them alike).
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
 
 class ChatGLMTokenizer(abc.ABC):
     """Common surface of the three families. Thread-safe: sentencepiece calls are re-entrant."""
@@ -273,6 +277,39 @@ class ChatGLMTokenizer(abc.ABC):
         decoder = self.stream_decoder()
         return "".join(decoder.push(i) for i in ids) + decoder.flush()
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """Ids of `text` as it continues other text: without the "▁" that sentencepiece puts
+        before text of its own (a grammar engine tokenizes the parts a grammar forces with it)."""
+        ids = self.encode(text)
+        if not ids or text[:1].isspace():
+            return ids
+        first = self.sp.id_to_piece(ids[0])
+        if first == "\u2581":
+            return ids[1:]
+        if first.startswith("\u2581"):
+            rest = self.sp.piece_to_id(first[1:])
+            if rest == self.sp.unk_id():  # no piece without the space: its bytes' pieces
+                return [self.sp.piece_to_id(f"<0x{b:02X}>") for b in first[1:].encode()] + ids[1:]
+            return [rest] + ids[1:]
+        return ids
+
+    def token_bytes(self) -> list[bytes | None]:
+        """The UTF-8 bytes each id spells in an answer, for a grammar engine's vocabulary
+        (constraints.py); None for an id that is no text (control pieces, specials). Byte
+        pieces are their byte; `▁` is the space sentencepiece writes it for."""
+        out: list[bytes | None] = []
+        for i in range(self.vocab_size):
+            if i >= self.num_pieces or self.sp.is_control(i) or self.sp.is_unknown(i):
+                out.append(None)
+                continue
+            piece = self.sp.id_to_piece(i)
+            byte = _BYTE_PIECE.fullmatch(piece)
+            out.append(bytes([int(byte.group(1), 16)]) if byte else self._piece_text(piece).encode())
+        return out
+
+    def _piece_text(self, piece: str) -> str:
+        return piece.replace("\u2581", " ")
+
 
 class V1Tokenizer(ChatGLMTokenizer):
     """ChatGLM-6B: `ice_text.model`, newline/tab/blank-run pre-processing, control pieces in the file."""
@@ -330,6 +367,9 @@ class V1Tokenizer(ChatGLMTokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._format_and_cleanup(self._raw_decode(list(ids)))
+
+    def _piece_text(self, piece: str) -> str:
+        return self._FORMAT_TOKENS.sub(self._format_replacement, super()._piece_text(piece))
 
     def _decode_stages(self) -> list[TextRewrite | StripWhitespace]:
         # Format tokens never overlap (each is "<...>" without inner brackets), so one regex

@@ -321,8 +321,7 @@ class ChatRequest(_Request):
 
     def __init__(self, data: dict, info: ModelInfo):
         super().__init__(data, CHAT_PARAMS)
-        constraint = None if data.get("response_format") is None else params.response_format(data["response_format"])
-        self.params = with_constraint(generation_params(data), constraint)
+        self.params = with_constraint(generation_params(data), params.response_format(data.get("response_format")))
         self.system_prompt, self.history, self.query = conversation(data.get("messages"))
         self.model = requested_model(data, info)  # last: a malformed request is a 400 whatever its model
 

@@ -77,7 +77,9 @@ def generation_params(data: dict, renames: dict[str, str] | None = None, where: 
 def response_format(value: Any, param: str = "response_format") -> Constraint | None:
     """OpenAI's chat `response_format` (every protocol takes it under this name): {"type":
     "text"} (None: no constraint), {"type": "json_object"}, or {"type": "json_schema",
-    "json_schema": {"name", "schema", "strict", "description"}}."""
+    "json_schema": {"name", "schema", "strict", "description"}}; null: none."""
+    if value is None:
+        return None
     kind = _format_type(value, param)
     if kind != "json_schema":
         return _simple_format(kind, value, param)

@@ -8,8 +8,8 @@ from typing import Any
 
 from django.conf import settings
 
-from .engine import Constraint, GenerationParams
 from . import inputs
+from .engine import Constraint, GenerationParams
 from .errors import invalid, not_found
 
 # (minimum, maximum) of each numeric generation parameter.

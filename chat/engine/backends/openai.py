@@ -23,8 +23,8 @@ import os
 import httpx
 
 from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence
-from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 from ..config import EngineConfig
+from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,9 @@ the native tokenizer works and what a small vocabulary costs; the real ChatGLM v
 
     .venv/bin/python bench/bench_grammar.py [--repeats 20]
 
+xgrammar is not a dependency of the project: its rows are measured only where it is installed
+(`pip install xgrammar==0.2.9`).
+
 Writes bench/results/grammar-<stamp>.json.
 """
 
@@ -185,6 +188,18 @@ def measure(engine, tok, ids, width, repeats: int) -> dict:
             "per_token_us": round(us(fill) + us(apply) + us(accept), 1), "tokens": len(ids)}
 
 
+def _engines() -> list:
+    try:
+        import xgrammar  # noqa: F401
+    except ImportError:
+        print("xgrammar is not installed: llguidance only")
+        return [LLGuidance()]
+    return [LLGuidance(), XGrammar()]
+
+
+ENGINES = _engines()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -194,7 +209,7 @@ def main() -> None:
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores\nflags: {cpu['flags']}")
     rows = []
     for name, tok, ids, width in tokenizers():
-        for engine in (LLGuidance(), XGrammar()):
+        for engine in ENGINES:
             row = {"tokenizer": name, "engine": engine.name, **measure(engine, tok, ids, width, args.repeats)}
             rows.append(row)
     header = f"{'tokenizer':34} {'engine':10} {'vocab ms':>9} {'compile ms':>10} {'mask µs':>8} {'apply µs':>8} {'accept µs':>9} {'µs/token':>8}"

@@ -8,8 +8,8 @@ from typing import Any
 
 from django.conf import settings
 
-from .engine import Constraint, GenerationParams
 from . import inputs
+from .engine import Constraint, GenerationParams
 from .errors import invalid, not_found
 
 # (minimum, maximum) of each numeric generation parameter.
@@ -78,7 +78,9 @@ def generation_params(data: dict, renames: dict[str, str] | None = None, where: 
 def response_format(value: Any, param: str = "response_format") -> Constraint | None:
     """OpenAI's chat `response_format` (every protocol takes it under this name): {"type":
     "text"} (None: no constraint), {"type": "json_object"}, or {"type": "json_schema",
-    "json_schema": {"name", "schema", "strict", "description"}}."""
+    "json_schema": {"name", "schema", "strict", "description"}}; null: none."""
+    if value is None:
+        return None
     kind = _format_type(value, param)
     if kind != "json_schema":
         return _simple_format(kind, value, param)

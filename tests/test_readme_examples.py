@@ -43,7 +43,7 @@ def run(name: str, server) -> str:
 
 
 def test_the_readme_has_the_examples():
-    assert {"curl", "openai", "openai-tools", "langchain", "original-demo"} <= set(examples())
+    assert {"curl", "openai", "openai-tools", "langchain", "original-demo", "structured"} <= set(examples())
 
 
 def test_curl(server):
@@ -77,3 +77,9 @@ def test_openai_tools(server):
 
 def test_langchain(server):
     assert run("langchain", server).splitlines() == ["You said: 你好", "You said: 你好"]
+
+
+def test_structured(server):
+    # The fake model answers the schema's smallest document with its echo as the strings.
+    prompt = "You said: The capital of France, as JSON."
+    assert run("structured", server).strip() == f"name='{prompt}' country='{prompt}'"

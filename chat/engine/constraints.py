@@ -19,6 +19,13 @@ from .base import EngineError
 JSON_OBJECT_SCHEMA = '{"type":"object"}'
 
 
+# Compact JSON, no whitespace between items: with free whitespace a model can pick whitespace
+# forever (the tiny ChatGLM checkpoints did, and never closed the object); with ", " / ": "
+# separators llguidance's mask let a digit through where the space was forced, on the native
+# ChatGLM tokenizer (a mask the matcher then refused).
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
+
 class UnsupportedConstraint(EngineError):
     """This backend cannot enforce this constraint (a schema its grammar engine cannot compile,
     a grammar kind it does not know): the request is refused (HTTP 400), never run unconstrained."""
@@ -60,7 +67,7 @@ def grammar_of(constraint: Constraint) -> str:
     """llguidance's grammar text for a constraint, checked (UnsupportedConstraint if not valid)."""
     try:
         if constraint.json_schema is not None:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(constraint.json_schema)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(constraint.json_schema, overrides=JSON_OPTIONS)
         else:
             grammar = llguidance.LLMatcher.grammar_from_lark(constraint.lark)
     except ValueError as exc:

@@ -4,6 +4,7 @@ own server with the fake model (it speaks /v1/chat/completions like vLLM does)."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -13,6 +14,7 @@ from chat.engine.backends import resolve_backend_name
 from chat.engine.backends.openai import OpenAIBackend
 from chat.engine.base import EngineUnavailable, GenerationParams, GenerationResult, TextDelta
 from chat.engine.config import EngineConfig
+from chat.engine.constraints import Constraint, UnsupportedConstraint
 from chat.engine.scheduler import Engine
 from tests.server import free_port
 
@@ -177,4 +179,18 @@ async def test_sampling_parameters_pass_through_and_logprobs_come_back(upstream)
     assert all(e.logprob == 0.0 and len(e.top) == 1 for e in result.logprobs)
     _, refused = await run(engine, "hi", GenerationParams(logit_bias=((4 << 24, 1.0),)))  # not in its vocabulary
     assert refused.finish_reason == "error"
+    engine.stop()
+
+
+async def test_response_format_is_passed_to_the_upstream(upstream):
+    """The upstream (this project's server, fake model) enforces the schema: its answer is the
+    schema's document; a Lark grammar, which an OpenAI API cannot carry, is refused at submit."""
+    engine = engine_for(upstream)
+    schema = {"type": "object", "properties": {"said": {"type": "string"}}, "required": ["said"]}
+    text, result = await run(engine, "hi", GenerationParams(constraint=Constraint.of_schema(schema)))
+    assert json.loads(text) == {"said": "You said: hi"} and result.finish_reason == "stop"
+    text, _ = await run(engine, "hi", GenerationParams(constraint=Constraint.json_object()))
+    assert json.loads(text) == {}
+    with pytest.raises(UnsupportedConstraint):
+        engine.submit([{"role": "user", "content": "hi"}], GenerationParams(constraint=Constraint(lark='start: "a"')))
     engine.stop()

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from chat.models import Message, Role
-from tests.consumers.test_chat_consumer import SITE, frames_until, open_socket, visitor_session  # noqa: F401
+from tests.consumers.test_chat_consumer import frames_until, open_socket, visitor_session
 from tests.views.test_openai import assert_error, body, post
 
 pytestmark = pytest.mark.django_db(transaction=True)

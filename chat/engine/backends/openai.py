@@ -22,8 +22,8 @@ import logging
 import httpx
 
 from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
-from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 from ..config import EngineConfig
+from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
 from ..tools import CallAssembler, openai_messages
 
 log = logging.getLogger(__name__)

@@ -454,3 +454,8 @@ class Backend(abc.ABC):
     def tool_parser(self, messages: list[Message], params: GenerationParams) -> ToolParser | None:
         """The parser of this sequence's answer when tools are offered (None: no tools)."""
         return None
+
+    def tool_constraint(self, messages: list[Message], params: GenerationParams) -> Constraint | None:
+        """What a forced call (`params.tool_choice`) constrains the answer to, on a backend that
+        enforces it with its own grammar engine (None: nothing to add)."""
+        return None

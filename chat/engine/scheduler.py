@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
 import threading
@@ -319,6 +320,9 @@ class Engine:
     def _generate(self, backend: Backend, batch: list[Request]) -> None:
         def prepared(seq: Sequence) -> Sequence:
             seq.tool_parser = backend.tool_parser(seq.messages, seq.params)
+            forced = backend.tool_constraint(seq.messages, seq.params)
+            if forced is not None:  # a forced tool call: the answer is held to the call's grammar
+                seq.params = dataclasses.replace(seq.params, constraint=forced)
             return seq
 
         live = [prepared(r.sequence) for r in batch if not r.cancelled]

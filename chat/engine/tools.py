@@ -56,6 +56,36 @@ def tool_names(messages: list[dict]) -> list[str]:
     return []
 
 
+def offered_tools(messages: list[dict]) -> list[dict]:
+    """The tool definitions offered in these chat messages."""
+    if messages and messages[0].get("role") == "system":
+        return list(messages[0].get("tools") or ())
+    return []
+
+
+def forced_call_refusal(messages: list[dict], params, style: str) -> str | None:
+    """Why a forced call cannot be enforced here (None: it can), checked before generation."""
+    if params.tool_choice is None:
+        return None
+    if params.constraint is not None:
+        return "a forced 'tool_choice' and a 'response_format' cannot hold the same answer"
+    from .constraints import Constraint, UnsupportedConstraint, grammar_of
+
+    try:
+        grammar_of(Constraint(lark=forced_call_lark(offered_tools(messages), params.tool_choice, style)))
+    except UnsupportedConstraint as exc:
+        return f"a tool's parameters cannot be enforced: {exc}"
+    return None
+
+
+def forced_call_constraint(messages: list[dict], params, style: str):
+    from .constraints import Constraint
+
+    if params.tool_choice is None or not offered_tools(messages):
+        return None
+    return Constraint(lark=forced_call_lark(offered_tools(messages), params.tool_choice, style))
+
+
 def json_arguments(body: str) -> str | None:
     """Canonical JSON text of a JSON object, or None when `body` is not one."""
     try:
@@ -249,6 +279,56 @@ def chatglm3_parser(names: list[str], parallel: bool = True) -> ToolParser:
 
 def glm4_parser(names: list[str], parallel: bool = True) -> ToolParser:
     return ToolParser(names, "{", json_arguments, parallel=parallel)
+
+
+# -- forced calls: a grammar of the family's call syntax -----------------------------------------
+
+
+def forced_call_lark(tools: list[dict], tool_choice: str, style: str) -> str:
+    """An llguidance Lark grammar of one call (`tool_choice` "required": of any tool, "function:NAME":
+    of NAME) in the family's syntax, its arguments held to the tool's JSON Schema: GLM-4's
+    `NAME\n{json}` (`style` "json") or ChatGLM3's `NAME\n```python\ntool_call(k=v, ...)\n```` ("python")."""
+    name = tool_choice.removeprefix("function:")
+    chosen = [tool for tool in tools if tool_choice == "required" or tool["name"] == name]
+    rules = ["start: " + " | ".join(f"call_{i}" for i in range(len(chosen)))]
+    for i, tool in enumerate(chosen):
+        schema = tool.get("parameters") or {"type": "object"}
+        head = json.dumps(tool["name"] + "\n")
+        if style == "json":
+            rules += [f"call_{i}: {head} args_{i}", f"args_{i}: %json {json.dumps(schema)}"]
+        else:
+            rules.append(f'call_{i}: {head} "```python\\ntool_call(" kw_{i}_0_first ")\\n```"')
+            rules += _python_kwargs(f"kw_{i}", schema)
+    return "\n".join(rules)
+
+
+def _python_kwargs(prefix: str, schema: dict) -> list[str]:
+    """Lark rules `PREFIX_0_first` of ChatGLM3's keyword arguments: the schema's required
+    properties, then the optional ones, each `k=value` with a Python literal of the property's
+    schema (JSON text where JSON is Python, True/False/None for booleans and null)."""
+    properties = schema.get("properties") or {}
+    required = set(schema.get("required") or ())
+    items = sorted(properties.items(), key=lambda item: item[0] not in required)  # stable: declared order
+    rules = []
+    for i, (key, sub) in enumerate(items):
+        kind = sub.get("type")
+        if kind == "boolean":
+            value = '("True" | "False")'
+        elif kind == "null":
+            value = '"None"'
+        else:
+            value = f"v_{prefix}_{i}"
+            rules.append(f"v_{prefix}_{i}: %json {json.dumps(sub)}")
+        item = f"{json.dumps(key + '=')} {value}"
+        for first in (True, False):
+            lead = "" if first else '", " '
+            after = f"{prefix}_{i + 1}_next"
+            here = f"{prefix}_{i}_{'first' if first else 'next'}"
+            skip = f"{prefix}_{i + 1}_{'first' if first else 'next'}"
+            taken = f"{lead}{item} {after}"
+            rules.append(f"{here}: {taken}" if key in required else f"{here}: {taken} | {skip}")
+    rules += [f'{prefix}_{len(items)}_first: ""', f'{prefix}_{len(items)}_next: ""']
+    return rules
 
 
 # -- ChatGLM3's rendering (its openai_api_demo and tool demo, PROMPT.md) -------------------------

@@ -23,7 +23,7 @@ from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
 from ..models.loading import load_model
 from ..sampling import SamplingConfig
-from ..tools import chatglm3_messages, chatglm3_parser, tool_names
+from ..tools import chatglm3_messages, chatglm3_parser, forced_call_constraint, forced_call_refusal, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ class ChatGLMBackend(Backend):
         _, tokenizer = self._loaded()
         if tokenizer.family != "v3":
             return f"ChatGLM {tokenizer.family} has no tool-calling format (ChatGLM3 has)"
-        if params.tool_choice is not None:
-            return ("a forced 'tool_choice' ('required' or a named function) needs constrained decoding, which this "
-                    "backend does not have yet; send 'auto'")
-        return None
+        return forced_call_refusal(messages, params, "python")
+
+    def tool_constraint(self, messages: list[Message], params: GenerationParams) -> Constraint | None:
+        return forced_call_constraint(messages, params, "python")
 
     def tool_parser(self, messages: list[Message], params: GenerationParams):
         names = tool_names(messages)

@@ -25,7 +25,7 @@ from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
 from ..constraints import Constraint
 from ..detokenize import IncrementalDetokenizer, piece_bytes
 from ..sampling import SamplingConfig
-from ..tools import glm4_parser, tool_names
+from ..tools import forced_call_constraint, forced_call_refusal, glm4_parser, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,10 @@ class TransformersBackend(Backend):
     def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
         if not self._glm4_tools():
             return "its chat template has no tool-calling format this server reads (GLM-4's has)"
-        if params.tool_choice is not None:
-            return ("a forced 'tool_choice' ('required' or a named function) needs constrained decoding, which this "
-                    "backend does not have yet; send 'auto'")
-        return None
+        return forced_call_refusal(messages, params, "json")
+
+    def tool_constraint(self, messages: list[Message], params: GenerationParams) -> Constraint | None:
+        return forced_call_constraint(messages, params, "json")
 
     def tool_parser(self, messages: list[Message], params: GenerationParams):
         names = tool_names(messages)

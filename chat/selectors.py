@@ -39,6 +39,10 @@ def owned_conversation(owner: Owner, conversation_id: uuid.UUID) -> Conversation
     return conversation
 
 
+def owns_conversation(owner: Owner, conversation_id: uuid.UUID) -> bool:
+    return Conversation.objects.owned_by(owner).filter(pk=conversation_id).exists()
+
+
 def messages_of(conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.order_by("position")
 

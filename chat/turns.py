@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ from . import tree
 from .claims import BUSY, LIMIT, shared_claims
 from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, not_found
 from .metrics import TurnWatch
-from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
+from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role, Source
 from .owners import Owner
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,40 @@ log = logging.getLogger(__name__)
 Pair = tuple[str, str]
 
 
+class Protocol(enum.Enum):
+    """The adapter a turn arrives through; with the owner it decides the turn's source and storage."""
+
+    SEED = Source.API  # /chat, /stream
+    WEBSOCKET = Source.WEBSOCKET
+    OPENAI = Source.OPENAI
+
+
 @dataclasses.dataclass
 class TurnInput:
     owner: Owner
-    source: str
+    protocol: Protocol
     query: str
     params: GenerationParams = GenerationParams()
     history: list[Pair] | None = None  # given by the client (seed API); None with a conversation
     conversation_id: uuid.UUID | None = None
     system_prompt: str | None = None  # None: the conversation's own (if any)
-    store: bool = True  # False: run the turn without saving it (CHATGLM_STORE_API_TURNS=0)
+    store: bool = True  # False: the client asked not to store it (OpenAI's `store: false`)
     # Where the turn hangs in the conversation's tree (see chat/tree.py). branch=False: after
     # the current leaf (the seed and OpenAI APIs, a plain question). branch=True: under
     # `parent_id` (None: at the root): an edited question names the parent of the question it
     # replaces; a question's own id regenerates its answer (then `query` is left empty).
     parent_id: int | None = None
     branch: bool = False
+
+    @property
+    def source(self) -> str:
+        """Where the conversation came from: a person's turns are the page's, whatever the protocol."""
+        return Source.WEB if self.owner.is_person else self.protocol.value
+
+    @property
+    def stored(self) -> bool:
+        """A person's turns are always saved; a program's unless CHATGLM_STORE_API_TURNS=0 (or it asked not to)."""
+        return self.store and (self.owner.is_person or settings.CHATGLM["STORE_API_TURNS"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +359,7 @@ async def start_turn(inp: TurnInput) -> Turn:
     if _shutting_down:
         raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
                         code=SERVER_SHUTDOWN, retry_after=5)
-    await throttle.check_turn(inp.owner, new_conversation=inp.conversation_id is None and inp.store)
+    await throttle.check_turn(inp.owner, new_conversation=inp.conversation_id is None and inp.stored)
     engine = await ready_engine()
 
     conversation = None
@@ -375,7 +394,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
         raise model_unavailable(str(exc)) from exc
 
     turn = Turn(inp, history, truncated, request, claim)
-    if inp.store:
+    if inp.stored:
         try:
             ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
         except BaseException:

@@ -28,7 +28,7 @@ def hammer(threads: int = THREADS, turns: int = TURNS) -> dict:
     from chat.engine import GenerationResult
     from chat.models import Conversation, Message
     from chat.owners import Owner
-    from chat.turns import TurnInput, _save_answer, _save_question, _saved_history
+    from chat.turns import Protocol, TurnInput, _save_answer, _save_question, _saved_history
 
     # The sync functions under the async wrappers: each thread is one concurrent request.
     saved_history, save_question, save_answer = _saved_history.func, _save_question.func, _save_answer.func
@@ -43,7 +43,7 @@ def hammer(threads: int = THREADS, turns: int = TURNS) -> dict:
             start.wait()
             for i in range(turns):
                 try:
-                    inp = TurnInput(owner=owner, source="web", query=f"question {n}-{i}",
+                    inp = TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query=f"question {n}-{i}",
                                     conversation_id=conversation.id if conversation else None)
                     if conversation is not None:
                         conversation, history, inp = saved_history(inp)

@@ -12,7 +12,7 @@ from chat.engine import GenerationParams
 from chat.errors import ChatError
 from chat.models import Message
 from chat.owners import Owner
-from chat.turns import TurnDone, TurnInput, fit_history, running_turns, start_turn
+from chat.turns import Protocol, TurnDone, TurnInput, fit_history, running_turns, start_turn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,10 +26,10 @@ async def finish(turn):
 async def test_concurrent_turns_in_one_conversation_get_409(engine_env):
     engine_env(CHATGLM_FAKE_DELAY_MS="10")
     owner = Owner(visitor=uuid.uuid4())
-    first = await start_turn(TurnInput(owner=owner, source="web", query="first"))
+    first = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="first"))
     await finish(first)
     attempts = await asyncio.gather(
-        *(start_turn(TurnInput(owner=owner, source="web", query=f"again {i}",
+        *(start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query=f"again {i}",
                                conversation_id=uuid.UUID(first.conversation_id))) for i in range(4)),
         return_exceptions=True,
     )
@@ -45,7 +45,7 @@ async def test_per_person_limit_holds_under_concurrency(engine_env, settings):
     engine_env(CHATGLM_FAKE_DELAY_MS="10")
     owner = Owner(visitor=uuid.uuid4())
     attempts = await asyncio.gather(
-        *(start_turn(TurnInput(owner=owner, source="web", query=f"q{i} " * 10)) for i in range(6)),
+        *(start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query=f"q{i} " * 10)) for i in range(6)),
         return_exceptions=True,
     )
     started = [t for t in attempts if not isinstance(t, BaseException)]
@@ -58,7 +58,7 @@ async def test_per_person_limit_holds_under_concurrency(engine_env, settings):
 
 async def _started(owner):
     """One more turn is admitted once the others ended."""
-    turn = await start_turn(TurnInput(owner=owner, source="web", query="later"))
+    turn = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="later"))
     await finish(turn)
     yield turn
 

@@ -114,11 +114,7 @@ async def delete_conversation(request, conversation_id):
     conversation_id = params.conversation_id(conversation_id)
     await sync_to_async(services.delete_conversation)(owner, conversation_id)
     # Nobody can see this answer any more: stop generating it, here or on another process.
-    turn = live_turn(str(conversation_id))
-    if turn is not None:
-        turn.cancel()
-    else:
-        await live.request_stop(conversation_id)
+    await live.stop(conversation_id)
     return HttpResponse(status=204)
 
 

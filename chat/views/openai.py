@@ -24,12 +24,12 @@ from .. import inputs, params
 from ..engine import TextDelta
 from ..engine.base import ModelInfo
 from ..errors import ChatError, generation_error, unexpected_error
-from ..models import Conversation, Message, Role, Source
+from ..models import Conversation, Message, Role
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
                                model_not_found, model_object, previous_not_found, response_id, served_names)
-from ..turns import TurnDone, TurnInput, ready_engine, start_turn
+from ..turns import Protocol, TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
-from .auth import api_caller
+from ..owners import http_caller
 from .common import json_errors, read_json
 
 
@@ -57,11 +57,11 @@ def allow(*methods: str):
     return decorate
 
 
-@csrf_exempt  # programs only: api_caller never uses the session here
+@csrf_exempt  # programs only: http_caller never uses the session here
 @json_errors()
 @allow("GET")
 async def models(request):
-    await api_caller(request, allow_session=False)
+    await http_caller(request, allow_session=False)
     names = served_names(await served_model())
     return JsonResponse({"object": "list", "data": [model_object(name) for name in names]})
 
@@ -70,7 +70,7 @@ async def models(request):
 @json_errors()
 @allow("GET")
 async def model(request, model_id: str):
-    await api_caller(request, allow_session=False)
+    await http_caller(request, allow_session=False)
     info = await served_model()
     if model_id not in served_names(info):
         raise model_not_found(model_id, info)
@@ -99,13 +99,13 @@ def failure(turn, done: TurnDone) -> ChatError:
 
 async def _answer(request, parse, shapes, query_of):
     """One completion request: parse, start the turn, answer whole or as a stream."""
-    owner = await api_caller(request, allow_session=False)
+    owner = await http_caller(request, allow_session=False)
     data = read_json(request)
     req = parse(data, await served_model())
     system_prompt, history, query = query_of(req)
     turn = await start_turn(TurnInput(
         owner=owner,
-        source=Source.OPENAI,
+        protocol=Protocol.OPENAI,
         query=query,
         params=req.params,
         history=params.used_history(history),  # what cannot reach the model is not stored either
@@ -118,7 +118,7 @@ async def _answer(request, parse, shapes, query_of):
     return await _whole_answer(turn, shape)
 
 
-@csrf_exempt  # programs only: api_caller never uses the session here
+@csrf_exempt  # programs only: http_caller never uses the session here
 @json_errors()
 @allow("POST")
 async def chat_completions(request):
@@ -178,13 +178,13 @@ def _check_latest(owner, req: ResponsesRequest) -> None:
 @json_errors()
 @allow("POST")
 async def responses(request):
-    owner = await api_caller(request, allow_session=False)
+    owner = await http_caller(request, allow_session=False)
     req = ResponsesRequest(read_json(request), await served_model())
     if req.previous is not None:
         await _check_latest(owner, req)
     turn = await start_turn(TurnInput(
         owner=owner,
-        source=Source.OPENAI,
+        protocol=Protocol.OPENAI,
         query=req.query,
         params=req.params,
         history=None if req.previous else params.used_history(req.history),

@@ -16,10 +16,9 @@ from django.views.decorators.http import require_http_methods
 from .. import live, params
 from ..engine import TextDelta, get_engine
 from ..errors import ChatError, generation_error, invalid, unexpected_error
-from ..models import Source
-from ..turns import TurnDone, TurnInput, start_turn
+from ..turns import Protocol, TurnDone, TurnInput, start_turn
 from . import sse
-from .auth import api_caller
+from ..owners import http_caller
 from .common import json_errors, read_json
 
 SEED_ENVELOPE = {"success": False}
@@ -41,7 +40,7 @@ class SeedTurn:
 
 
 async def _turn_input(request) -> SeedTurn:
-    owner = await api_caller(request)
+    owner = await http_caller(request)
     data = read_json(request)
     query = params.text(data, "query")
     conversation_id = params.conversation_id(data.get("conversation_id"))
@@ -50,12 +49,11 @@ async def _turn_input(request) -> SeedTurn:
     history = params.history_pairs(data.get("history"))
     inp = TurnInput(
         owner=owner,
-        source=Source.WEB if owner.is_person else Source.API,
+        protocol=Protocol.SEED,
         query=query,
         params=params.generation_params(data),
         history=params.used_history(history),
         conversation_id=conversation_id,
-        store=settings.CHATGLM["STORE_API_TURNS"] or owner.is_person,
     )
     return SeedTurn(inp, history)
 
@@ -82,7 +80,7 @@ def generation_failed(turn, done: TurnDone) -> ChatError:
     return generation_error(done.result.error, turn.id)
 
 
-@csrf_exempt  # api_caller enforces CSRF for requests that use the session cookie
+@csrf_exempt  # http_caller enforces CSRF for requests that use the session cookie
 @require_http_methods(["POST"])
 @json_errors(SEED_ENVELOPE)
 async def chat(request):
@@ -133,7 +131,7 @@ async def _stream_body(seed: SeedTurn, turn):
 @json_errors(SEED_ENVELOPE)
 async def clear(request):
     """Free cached accelerator memory (the seed's /clear); a no-op on CPU."""
-    await api_caller(request)
+    await http_caller(request)
     get_engine().clear_cache()
     return JsonResponse({"success": True})
 

@@ -12,8 +12,6 @@ when CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
-from functools import wraps
-
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import JsonResponse
@@ -23,14 +21,14 @@ from django.views.decorators.csrf import csrf_exempt
 from .. import inputs, params
 from ..engine import TextDelta
 from ..engine.base import ModelInfo
-from ..errors import ChatError, generation_error, unexpected_error
+from ..errors import ChatError, unexpected_error, unfinished_answer
 from ..models import Conversation, Message, Role
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
                                model_not_found, model_object, previous_not_found, response_id, served_names)
 from ..turns import Protocol, TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
 from ..owners import http_caller
-from .common import json_errors, read_json
+from .common import allow, json_errors, read_json
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -39,22 +37,6 @@ from .common import json_errors, read_json
 async def served_model() -> ModelInfo:
     """The loaded model's info, waiting while it loads; 503 if it cannot be loaded."""
     return (await ready_engine()).info
-
-
-def allow(*methods: str):
-    """405 in OpenAI's error shape (inside json_errors) for any other HTTP method."""
-
-    def decorate(view):
-        @wraps(view)
-        async def wrapper(request, *args, **kwargs):
-            if request.method not in methods:
-                raise ChatError(f"Method {request.method} is not allowed here; use {' or '.join(methods)}.",
-                                status=405, code="method_not_allowed")
-            return await view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 @csrf_exempt  # programs only: http_caller never uses the session here
@@ -90,11 +72,7 @@ async def unknown_url(request, rest: str = ""):
 
 
 def failure(turn, done: TurnDone) -> ChatError:
-    """The error for a turn that did not end with `stop` or `length`."""
-    if done.result.finish_reason == "cancelled":
-        return ChatError("The generation was cancelled by the server.", status=503, type="server_error",
-                         code="cancelled", request_id=turn.id)
-    return generation_error(done.result.error, turn.id)
+    return unfinished_answer(done.result.finish_reason, done.result.error, turn.id)
 
 
 async def _answer(request, parse, shapes, query_of):

@@ -11,7 +11,6 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
 
 from .. import live, params
 from ..engine import TextDelta, get_engine
@@ -19,7 +18,7 @@ from ..errors import ChatError, generation_error, invalid, unexpected_error
 from ..turns import Protocol, TurnDone, TurnInput, start_turn
 from . import sse
 from ..owners import http_caller
-from .common import json_errors, read_json
+from .common import allow, json_errors, read_json
 
 SEED_ENVELOPE = {"success": False}
 
@@ -81,8 +80,8 @@ def generation_failed(turn, done: TurnDone) -> ChatError:
 
 
 @csrf_exempt  # http_caller enforces CSRF for requests that use the session cookie
-@require_http_methods(["POST"])
 @json_errors(SEED_ENVELOPE)
+@allow("POST")
 async def chat(request):
     seed, turn = await _start(request)
     try:
@@ -97,8 +96,8 @@ async def chat(request):
 
 
 @csrf_exempt
-@require_http_methods(["POST"])
 @json_errors(SEED_ENVELOPE)  # errors before the stream opens are JSON, like /chat's
+@allow("POST")
 async def stream(request):
     seed, turn = await _start(request)
     if turn.owner.is_person:
@@ -127,8 +126,8 @@ async def _stream_body(seed: SeedTurn, turn):
 
 
 @csrf_exempt
-@require_http_methods(["GET", "POST"])
 @json_errors(SEED_ENVELOPE)
+@allow("GET", "POST")
 async def clear(request):
     """Free cached accelerator memory (the seed's /clear); a no-op on CPU."""
     await http_caller(request)

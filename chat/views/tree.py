@@ -22,8 +22,8 @@ from ..engine import GenerationParams
 from ..errors import ChatError, invalid, not_found
 from ..models import Conversation, Role
 from ..turns import fit_history, live_turn, ready_engine, to_messages
-from .common import read_json
-from .conversations import _detail, _json, _methods, _owner
+from ..owners import page_caller
+from .common import conversation_detail, json_response, methods, read_json
 
 
 @sync_to_async
@@ -40,7 +40,7 @@ def _switch(owner, conversation_id, message_id: int) -> None:
 
 
 async def switch_branch(request, conversation_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     conversation_id = params.conversation_id(conversation_id)
     data = read_json(request)
     unknown = sorted(set(data) - {"message_id"})
@@ -53,7 +53,7 @@ async def switch_branch(request, conversation_id):
         raise ChatError("An answer is still being generated in this conversation.", status=409,
                         type="invalid_request_error", param="conversation_id", code="turn_in_progress")
     await _switch(owner, conversation_id, message_id)
-    return _json(await _detail(owner, conversation_id))
+    return json_response(await conversation_detail(owner, conversation_id))
 
 
 @sync_to_async
@@ -64,7 +64,7 @@ def _current(owner, conversation_id):
 
 
 async def context_usage(request, conversation_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     conversation, pairs, _ = await _current(owner, params.conversation_id(conversation_id))
     engine = await ready_engine()
     try:
@@ -80,7 +80,7 @@ async def context_usage(request, conversation_id):
 
     whole, sent, truncated = await asyncio.to_thread(measure)
     context = engine.info.context_length
-    return _json({
+    return json_response({
         "prompt_tokens": whole,  # the whole current path, before any is left out
         "sent_tokens": sent,  # what the next request sends (before the new question)
         "context_length": context,
@@ -92,6 +92,6 @@ async def context_usage(request, conversation_id):
 
 
 urlpatterns = [
-    path("api/conversations/<str:conversation_id>/switch", _methods(POST=switch_branch), name="conversation-switch"),
-    path("api/conversations/<str:conversation_id>/context", _methods(GET=context_usage), name="conversation-context"),
+    path("api/conversations/<str:conversation_id>/switch", methods(POST=switch_branch), name="conversation-switch"),
+    path("api/conversations/<str:conversation_id>/context", methods(GET=context_usage), name="conversation-context"),
 ]

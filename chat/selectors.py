@@ -43,6 +43,16 @@ def owns_conversation(owner: Owner, conversation_id: uuid.UUID) -> bool:
     return Conversation.objects.owned_by(owner).filter(pk=conversation_id).exists()
 
 
+def latest_answer(owner: Owner, conversation_id: uuid.UUID, message_id: int) -> tuple[bool, int | None]:
+    """Whether `message_id` is a message of the owner's conversation, and the id of that
+    conversation's latest answer (what a continuation of it follows)."""
+    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
+    if conversation is None or not conversation.messages.filter(pk=message_id).exists():
+        return False, None
+    latest = conversation.messages.filter(role=Role.ASSISTANT).order_by("-position").values_list("pk", flat=True)
+    return True, latest.first()
+
+
 def messages_of(conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.order_by("position")
 

@@ -181,6 +181,17 @@ class Turn:
     def finished(self) -> bool:
         return self.done is not None
 
+    async def outcome(self) -> TurnDone:
+        """Wait for the end of the turn (a non-streamed answer); a client that goes away
+        meanwhile cancels it, so nothing is generated for nobody."""
+        try:
+            async for event in self.events():
+                if isinstance(event, TurnDone):
+                    return event
+        finally:
+            self.cancel()
+        raise AssertionError("a turn's events end with TurnDone")
+
     async def events(self, replay: bool = True, idle: float | None = None) -> AsyncIterator[TurnEvent]:
         """Every event of the turn from the start (or from now), until TurnDone.
 

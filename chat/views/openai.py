@@ -13,22 +13,19 @@ when CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import inputs, params
-from ..engine import TextDelta
+from .. import inputs, params, selectors
 from ..engine.base import ModelInfo
-from ..errors import ChatError, unexpected_error, unfinished_answer
-from ..models import Conversation, Message, Role
+from ..errors import ChatError, unfinished_answer
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
                                model_not_found, model_object, previous_not_found, response_id, served_names)
+from ..owners import http_caller
 from ..turns import Protocol, TurnDone, TurnInput, ready_engine, start_turn
 from . import sse
-from ..owners import http_caller
-from .common import allow, json_errors, read_json
+from .common import allow, json_errors, json_response, read_json
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -71,7 +68,10 @@ async def unknown_url(request, rest: str = ""):
 # -- completions ------------------------------------------------------------------------------
 
 
-def failure(turn, done: TurnDone) -> ChatError:
+def failure(turn, done: TurnDone) -> ChatError | None:
+    """The error for an answer that OpenAI's shapes cannot carry (neither `stop` nor `length`)."""
+    if done.result.finish_reason in ("stop", "length"):
+        return None
     return unfinished_answer(done.result.finish_reason, done.result.error, turn.id)
 
 
@@ -92,7 +92,7 @@ async def _answer(request, parse, shapes, query_of):
     ))
     shape = shapes(turn.id, req)
     if req.stream:
-        return sse.response(_stream_body(turn, shape), turn)
+        return sse.turn_response(turn, CompletionEncoder(turn, shape))
     return await _whole_answer(turn, shape)
 
 
@@ -110,44 +110,45 @@ async def completions(request):
     return await _answer(request, TextRequest, TextShapes, lambda req: (None, [], req.prompt))
 
 
-async def _stream_body(turn, shape):
-    """Chunks as OpenAI sends them; never raises (docs/pitfalls.md#sse-never-raise); a disconnect cancels the turn."""
-    try:
-        first = shape.first()
-        if first is not None:
-            yield sse.event(None, first)
-        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
-            if isinstance(event, str):
-                yield event
-            elif isinstance(event, TextDelta):
-                yield sse.event(None, shape.delta(event.text))
-            elif isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    yield sse.event(None, {"error": failure(turn, event).as_dict()})
-                    return
-                yield sse.event(None, shape.last(event.result.finish_reason))
-                if shape.include_usage:
-                    yield sse.event(None, shape.usage_chunk(event.result.usage()))
-                yield sse.event(None, "[DONE]")
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
-        yield sse.event(None, {"error": unexpected_error(exc, "completion stream").as_dict()})
-    finally:
-        turn.cancel()  # a client that disconnects stops its generation at the next decode step
+class CompletionEncoder(sse.Encoder):
+    """Chunks as OpenAI sends them (`data:` lines ending with `data: [DONE]`)."""
+
+    where = "completion stream"
+
+    def __init__(self, turn, shape):
+        self.turn, self.shape = turn, shape
+
+    def opening(self) -> list[str]:
+        first = self.shape.first()
+        return [] if first is None else [sse.event(None, first)]
+
+    def delta(self, text: str) -> list[str]:
+        return [sse.event(None, self.shape.delta(text))]
+
+    def done(self, done: TurnDone) -> list[str]:
+        error = failure(self.turn, done)
+        if error is not None:
+            return [self.failed(error)]
+        events = [sse.event(None, self.shape.last(done.result.finish_reason))]
+        if self.shape.include_usage:
+            events.append(sse.event(None, self.shape.usage_chunk(done.result.usage())))
+        return [*events, sse.event(None, "[DONE]")]
+
+    def failed(self, error: ChatError) -> str:
+        return sse.event(None, {"error": error.as_dict()})
 
 
 # -- responses (text turns) -------------------------------------------------------------------
 
 
-@sync_to_async
-def _check_latest(owner, req: ResponsesRequest) -> None:
+async def _check_latest(owner, req: ResponsesRequest) -> None:
     """`previous_response_id` must name the latest answer of a conversation the caller owns:
     the stored conversation is continued after it (earlier answers would need a branch)."""
     conversation_id, message_id = req.previous
-    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
-    if conversation is None or not Message.objects.filter(conversation=conversation, pk=message_id).exists():
+    found, latest = await sync_to_async(selectors.latest_answer)(owner, conversation_id, message_id)
+    if not found:
         raise previous_not_found(req.previous_id)
-    latest = conversation.messages.filter(role=Role.ASSISTANT).order_by("-position").values_list("pk", flat=True)
-    if latest.first() != message_id:
+    if latest != message_id:
         raise ChatError("'previous_response_id' must be the latest response of its conversation: continuing an "
                         "earlier one is not supported.", param="previous_response_id", code="not_latest_response")
 
@@ -172,31 +173,34 @@ async def responses(request):
     ))
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:
-        return sse.response(_response_events(turn, shape), turn)
+        return sse.turn_response(turn, ResponseEncoder(turn, shape))
     return await _whole_answer(turn, shape)
 
 
-async def _response_events(turn, shape: ResponseShapes):
+class ResponseEncoder(sse.Encoder):
     """The Responses API's named events (`event: response.output_text.delta` …), as the
-    openai SDK's `responses.stream()` reads them; never raises; a disconnect cancels the turn."""
-    try:
-        for name, data in shape.opening():
-            yield sse.event(name, data)
-        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
-            if isinstance(event, str):
-                yield event
-            elif isinstance(event, TextDelta):
-                yield sse.event(*shape.delta(event.text))
-            elif isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    yield sse.event(*shape.failed(failure(turn, event).as_dict()))
-                    return
-                for name, data in shape.closing(event.result.text, event.result.finish_reason, event.result.usage()):
-                    yield sse.event(name, data)
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
-        yield sse.event(*shape.failed(unexpected_error(exc, "response stream").as_dict()))
-    finally:
-        turn.cancel()
+    openai SDK's `responses.stream()` reads them."""
+
+    where = "response stream"
+
+    def __init__(self, turn, shape: ResponseShapes):
+        self.turn, self.shape = turn, shape
+
+    def opening(self) -> list[str]:
+        return [sse.event(name, data) for name, data in self.shape.opening()]
+
+    def delta(self, text: str) -> list[str]:
+        return [sse.event(*self.shape.delta(text))]
+
+    def done(self, done: TurnDone) -> list[str]:
+        error = failure(self.turn, done)
+        if error is not None:
+            return [self.failed(error)]
+        result = done.result
+        return [sse.event(name, data) for name, data in self.shape.closing(result.text, result.finish_reason, result.usage())]
+
+    def failed(self, error: ChatError) -> str:
+        return sse.event(*self.shape.failed(error.as_dict()))
 
 
 urlpatterns = [
@@ -212,12 +216,8 @@ urlpatterns = [
 
 async def _whole_answer(turn, shape) -> JsonResponse:
     """A non-streamed answer in the endpoint's shape, once the turn ends."""
-    try:
-        async for event in turn.events():
-            if isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    raise failure(turn, event)
-                body = shape.whole(event.result.text, event.result.finish_reason, event.result.usage())
-                return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
-    finally:
-        turn.cancel()  # the client went away before the answer: stop generating for nobody
+    done = await turn.outcome()
+    error = failure(turn, done)
+    if error is not None:
+        raise error
+    return json_response(shape.whole(done.result.text, done.result.finish_reason, done.result.usage()))

@@ -7,18 +7,17 @@ working: the same fields, `event: delta` with a JSON `data`, and a final event w
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import live, params
-from ..engine import TextDelta, get_engine
-from ..errors import ChatError, generation_error, invalid, unexpected_error
+from ..engine import get_engine
+from ..errors import ChatError, generation_error, invalid
 from ..turns import Protocol, TurnDone, TurnInput, start_turn
 from . import sse
 from ..owners import http_caller
-from .common import allow, json_errors, read_json
+from .common import allow, json_errors, json_response, read_json
 
 SEED_ENVELOPE = {"success": False}
 
@@ -75,24 +74,15 @@ def final_fields(seed: SeedTurn, turn, done: TurnDone) -> dict:
     }
 
 
-def generation_failed(turn, done: TurnDone) -> ChatError:
-    return generation_error(done.result.error, turn.id)
-
-
 @csrf_exempt  # http_caller enforces CSRF for requests that use the session cookie
 @json_errors(SEED_ENVELOPE)
 @allow("POST")
 async def chat(request):
     seed, turn = await _start(request)
-    try:
-        async for event in turn.events():
-            if isinstance(event, TurnDone):
-                if event.result.finish_reason == "error":
-                    raise generation_failed(turn, event)
-                return JsonResponse({**final_fields(seed, turn, event), "success": True},
-                                    json_dumps_params={"ensure_ascii": False})
-    finally:
-        turn.cancel()  # the client went away before the answer: stop generating for nobody
+    done = await turn.outcome()
+    if done.result.finish_reason == "error":
+        raise generation_error(done.result.error, turn.id)
+    return json_response({**final_fields(seed, turn, done), "success": True})
 
 
 @csrf_exempt
@@ -102,27 +92,27 @@ async def stream(request):
     seed, turn = await _start(request)
     if turn.owner.is_person:
         live.ensure_broadcast(turn)  # the page's fallback: the person's other tabs see it live too
-    return sse.response(_stream_body(seed, turn), turn)
+    return sse.turn_response(turn, SeedEncoder(seed, turn))
 
 
-async def _stream_body(seed: SeedTurn, turn):
-    response = ""  # the answer so far as this client has seen it (turn.text may be further on)
-    try:
-        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
-            if isinstance(event, str):
-                yield event
-            elif isinstance(event, TextDelta):
-                response += event.text
-                yield sse.event("delta", {"delta": event.text, "response": response, "finished": False})
-            elif isinstance(event, TurnDone):
-                if event.result.finish_reason == "error":
-                    yield sse.event("error", {**SEED_ENVELOPE, "error": generation_failed(turn, event).as_dict()})
-                else:
-                    yield sse.event("delta", {"delta": "", **final_fields(seed, turn, event), "finished": True})
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
-        yield sse.event("error", {**SEED_ENVELOPE, "error": unexpected_error(exc, "stream").as_dict()})
-    finally:
-        turn.cancel()  # a client that disconnects stops its generation at the next decode step
+class SeedEncoder(sse.Encoder):
+    """The demo's events: `delta` with the answer so far, then one with `finished: true`."""
+
+    def __init__(self, seed: SeedTurn, turn):
+        self.seed, self.turn = seed, turn
+        self.response = ""  # the answer so far as this client has seen it (turn.text may be further on)
+
+    def delta(self, text: str) -> list[str]:
+        self.response += text
+        return [sse.event("delta", {"delta": text, "response": self.response, "finished": False})]
+
+    def done(self, done: TurnDone) -> list[str]:
+        if done.result.finish_reason == "error":
+            return [self.failed(generation_error(done.result.error, self.turn.id))]
+        return [sse.event("delta", {"delta": "", **final_fields(self.seed, self.turn, done), "finished": True})]
+
+    def failed(self, error: ChatError) -> str:
+        return sse.event("error", {**SEED_ENVELOPE, "error": error.as_dict()})
 
 
 @csrf_exempt

@@ -1,9 +1,10 @@
-"""Server-Sent Events plumbing shared by /stream and /v1/chat/completions.
+"""Server-Sent Events: the one streaming skeleton of /stream and the OpenAI views, each of
+which only says how to encode a turn (an `Encoder`).
 
 The body of a StreamingHttpResponse must be an async generator (a sync one is buffered
 whole under ASGI, docs/pitfalls.md#sse-async) and must never raise once it has started: under Daphne an
 exception there hangs the client and kills Daphne's application checker (docs/pitfalls.md#sse-never-raise). So
-every stream body catches everything, reports it as an event and ends normally.
+the stream body catches everything, reports it as an event and ends normally.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from ..engine import QueuePosition
-from ..turns import IDLE
+from ..errors import ChatError, unexpected_error
+from ..turns import IDLE, QueuePosition, TextDelta, TurnDone
 
 
 def event(name: str | None, data) -> str:
@@ -46,25 +48,52 @@ class _TurnStream(StreamingHttpResponse):
         super().close()
 
 
-def response(body: AsyncIterator[str], turn=None) -> StreamingHttpResponse:
-    """A streaming SSE response; with `turn`, one that cancels the turn when it is closed."""
-    if turn is not None:
-        resp = _TurnStream(body, turn)
-    else:
-        resp = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+class Encoder:
+    """How one protocol writes a turn as SSE: each method returns the encoded events to send."""
+
+    where = "stream"  # names the stream in the log line of an unexpected error
+
+    def opening(self) -> list[str]:
+        return []
+
+    def delta(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def done(self, done: TurnDone) -> list[str]:
+        raise NotImplementedError
+
+    def failed(self, error: ChatError) -> str:
+        raise NotImplementedError
+
+
+def turn_response(turn, encoder: Encoder) -> StreamingHttpResponse:
+    """The turn as a streaming SSE response, encoded by `encoder`; closing it cancels the turn."""
+    resp = _TurnStream(_body(turn, encoder), turn)
     resp["Cache-Control"] = "no-cache"
     resp["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return resp
 
 
-async def turn_events(turn, ping_seconds: float) -> AsyncIterator:
-    """A turn's events for an SSE body: waiting and silence come out already encoded as
-    comment lines (str: `: queued position=N`, `: ping`), the rest as turn events. Deltas
-    that piled up while this client was behind come as one (see `Turn.events`)."""
-    async for event in turn.events(idle=ping_seconds):
-        if event is IDLE:
-            yield comment("ping")
-        elif isinstance(event, QueuePosition):
-            yield comment(f"queued position={event.position}")
-        else:
-            yield event
+async def _body(turn, encoder: Encoder) -> AsyncIterator[str]:
+    """The one stream body: never raises (docs/pitfalls.md#sse-never-raise), and a client that
+    disconnects stops its generation at the next decode step. Waiting and silence come out as
+    comment lines (`: queued position=N`, `: ping`); deltas that piled up while this client was
+    behind come as one (see `Turn.events`)."""
+    try:
+        for chunk in encoder.opening():
+            yield chunk
+        async for event in turn.events(idle=settings.CHATGLM["PING_SECONDS"]):
+            if event is IDLE:
+                yield comment("ping")
+            elif isinstance(event, QueuePosition):
+                yield comment(f"queued position={event.position}")
+            elif isinstance(event, TextDelta):
+                for chunk in encoder.delta(event.text):
+                    yield chunk
+            elif isinstance(event, TurnDone):
+                for chunk in encoder.done(event):
+                    yield chunk
+    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
+        yield encoder.failed(unexpected_error(exc, encoder.where))
+    finally:
+        turn.cancel()

@@ -1,10 +1,10 @@
 """One chat turn, shared by every protocol: history in, engine stream, persistence out.
 
-`start_turn()` checks ownership, reads the saved history, trims it to fit, admits the
-request to the engine, saves the user's message (before any token is generated) and a
-placeholder for the answer, and starts a runner task that owns the generation from then on.
-The runner saves the answer when it ends (completed, cancelled or failed), whoever is
-listening: an SSE client that disconnects cancels the turn, a browser WebSocket that closes
+`start_turn()` checks ownership, reads the saved history (chat.selectors), trims it to fit,
+admits the request to the engine, saves the user's message (before any token is generated)
+and a placeholder for the answer (chat.services), and starts a runner task that owns the
+generation from then on. The runner has the answer saved when it ends (completed, cancelled
+or failed), whoever is listening: an SSE client that disconnects cancels the turn, a browser WebSocket that closes
 does not, and either way the outcome is stored. Adapters read `turn.events()`: the events so
 far, then live ones, so a second tab or a reloaded page can attach mid-answer.
 """
@@ -21,11 +21,8 @@ from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Max
-from django.utils import timezone
 
-from . import throttle
+from . import selectors, services, throttle
 from .engine import (
     EngineOverloaded,
     EngineUnavailable,
@@ -36,11 +33,10 @@ from .engine import (
     TextDelta,
     get_engine,
 )
-from . import tree
 from .claims import BUSY, LIMIT, shared_claims
-from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, not_found
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable
 from .metrics import TurnWatch
-from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role, Source
+from .models import Source
 from .owners import Owner
 
 log = logging.getLogger(__name__)
@@ -261,7 +257,7 @@ class Turn:
                           if _shutting_down else GenerationResult(text=self.text, finish_reason="cancelled"))
             if self.message_id is not None:
                 try:
-                    await _save_answer(self.message_id, result, self.input.params)
+                    await sync_to_async(services.save_answer)(self.message_id, result)
                 except Exception:  # noqa: BLE001 - the turn must still end for its listeners
                     log.exception("could not save the answer of turn %s", self.id)
                     result = dataclasses.replace(result, finish_reason="error", error=NOT_SAVED)  # clients are told
@@ -375,7 +371,7 @@ async def start_turn(inp: TurnInput) -> Turn:
 
     conversation = None
     if inp.conversation_id is not None:
-        conversation, history, inp = await _saved_history(inp)
+        conversation, history, inp = await sync_to_async(selectors.turn_history)(inp)
     else:
         if inp.branch:
             raise invalid("parent_id", "'parent_id' needs a 'conversation_id'.", "missing")
@@ -407,7 +403,7 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     turn = Turn(inp, history, truncated, request, claim)
     if inp.stored:
         try:
-            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
+            ids = await sync_to_async(services.save_question)(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
         except BaseException:
             request.cancel()
             raise
@@ -464,120 +460,3 @@ def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dic
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     messages.append({"role": "user", "content": query})
     return messages
-
-
-# -- persistence ------------------------------------------------------------------------------
-
-
-@sync_to_async
-def _saved_history(inp: TurnInput) -> tuple[Conversation, list[Pair], TurnInput]:
-    """The conversation, the history on the path the turn continues, and the input with its
-    parent resolved (and, for a regenerated answer, the question it answers again)."""
-    conversation = Conversation.objects.owned_by(inp.owner).filter(pk=inp.conversation_id).first()
-    if conversation is None:
-        raise not_found()
-    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content"))
-    if not inp.branch:
-        parent = tree.leaf_id(conversation, messages)
-        return conversation, tree.pairs(tree.path_to(messages, parent)), dataclasses.replace(inp, parent_id=parent)
-    parent = inp.parent_id
-    if parent is not None and parent not in messages:
-        raise invalid("parent_id", "'parent_id' is not a message of this conversation.", "not_found")
-    if parent is not None and messages[parent].role == Role.USER:  # regenerate this question's answer
-        if inp.query:
-            raise invalid("query", "Leave 'query' empty when 'parent_id' names a question: its answer is regenerated.",
-                          "unexpected")
-        question = messages[parent]
-        history = tree.pairs(tree.path_to(messages, question.parent_id))
-        return conversation, history, dataclasses.replace(inp, query=question.content)
-    if not inp.query or not inp.query.strip():
-        raise invalid("query", "'query' is required.", "missing")
-    if parent is not None and messages[parent].role == Role.ASSISTANT and not messages[parent].content:
-        pass  # an empty (failed) answer can still be followed; it is left out of the history
-    return conversation, tree.pairs(tree.path_to(messages, parent)), inp
-
-
-def history_of(conversation: Conversation) -> list[Pair]:
-    """(question, answer) pairs on the conversation's current path."""
-    return tree.pairs(tree.current_path(conversation))
-
-
-def title_from(query: str) -> str:
-    title = " ".join(query.split())
-    return title if len(title) <= 80 else title[:79].rstrip() + "…"
-
-
-@sync_to_async
-def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str,
-                   truncated: int = 0):
-    """Save the question and an empty answer marked as generating; return their ids."""
-    with transaction.atomic():
-        if conversation is None:
-            owner = inp.owner
-            conversation = Conversation.objects.create(
-                user_id=owner.user_id, visitor=owner.visitor, api_key_name=owner.api_key,
-                title=title_from(inp.query)[:TITLE_MAX_LENGTH], source=inp.source, model=model_id,
-                system_prompt=system_prompt,
-            )
-            position, parent_id = 0, None
-            if system_prompt:
-                parent_id = Message.objects.create(conversation=conversation, position=0, role=Role.SYSTEM,
-                                                   content=system_prompt).pk
-                position = 1
-            for question, answer in history:  # a seed client's history becomes part of the record
-                for role, content in ((Role.USER, question), (Role.ASSISTANT, answer)):
-                    parent_id = Message.objects.create(
-                        conversation=conversation, parent_id=parent_id, position=position, role=role, content=content,
-                        finish_reason=FinishReason.STOP if role == Role.ASSISTANT else "",
-                    ).pk
-                    position += 1
-        else:
-            # Update the row as it is now (a rename may have landed since it was read), and
-            # refuse if it was deleted meanwhile.
-            rows = Conversation.objects.filter(pk=conversation.pk)
-            if not rows.update(model=model_id, updated_at=timezone.now()):
-                raise not_found()
-            rows.filter(title="").update(title=title_from(inp.query)[:TITLE_MAX_LENGTH])
-            last = conversation.messages.aggregate(last=Max("position"))["last"]
-            position = 0 if last is None else last + 1
-            parent_id = inp.parent_id
-            if not inp.branch:  # after the current leaf, as it is now
-                parent_id = (rows.values_list("current_leaf_id", flat=True).first()
-                             or conversation.messages.order_by("-position").values_list("pk", flat=True).first())
-        regenerate = inp.branch and parent_id is not None and Message.objects.filter(pk=parent_id, role=Role.USER).exists()
-        if regenerate:  # a new answer to the same question, a sibling of its other answers
-            question = Message(pk=parent_id)
-            position -= 1  # the answer takes `position + 1`, the next free one
-        else:
-            question = Message(conversation=conversation, parent_id=parent_id, position=position,
-                               role=Role.USER, content=inp.query)
-            question.explicit_root = parent_id is None
-            question.save()
-        answer = Message.objects.create(
-            conversation=conversation, parent_id=question.pk, position=position + 1, role=Role.ASSISTANT,
-            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(), history_truncated=truncated,
-        )
-        Conversation.objects.filter(pk=conversation.pk).update(current_leaf=answer)
-    return str(conversation.id), question.pk, answer.pk
-
-
-@sync_to_async
-def _save_answer(message_id: int, result: GenerationResult, params: GenerationParams) -> None:
-    with transaction.atomic():
-        Message.objects.filter(pk=message_id).update(
-            content=result.text,
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            time_to_first_token=result.time_to_first_token,
-            duration=result.duration,
-            error=result.error,
-        )
-        Conversation.objects.filter(messages__pk=message_id).update(updated_at=timezone.now())
-
-
-def mark_interrupted_answers() -> int:
-    """At start-up: answers left 'generating' by a crashed process are marked as errors."""
-    return Message.objects.filter(role=Role.ASSISTANT, finish_reason=FinishReason.GENERATING).update(
-        finish_reason=FinishReason.ERROR, error="The server stopped while this answer was being generated."
-    )

@@ -87,3 +87,26 @@ def test_fit_history_keeps_every_pair_up_to_the_limit(engine_env, settings, pair
     history = [(f"q{i}", f"a{i}") for i in range(pairs)]
     messages, truncated = fit_history(engine, "", history, "now", GenerationParams(max_new_tokens=8))
     assert truncated == max(0, pairs - 8) and messages[0]["content"] == f"q{max(0, pairs - 8)}"
+
+
+async def test_a_changed_system_prompt_is_what_the_record_and_the_next_turn_say(engine_env):
+    """A turn records the system prompt as the conversation's first message; changing the
+    conversation's prompt (the page's PATCH) changes that message too, not only the field."""
+    from asgiref.sync import sync_to_async
+
+    from chat import services
+    from chat.models import Role
+
+    engine_env()
+    owner = Owner(visitor=uuid.uuid4())
+    first = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="hi", system_prompt="Be brief."))
+    await first.outcome()
+    system = Message.objects.filter(conversation_id=first.conversation_id, role=Role.SYSTEM)
+    assert [m.content async for m in system.all()] == ["Be brief."]
+    await sync_to_async(services.update_conversation)(owner, uuid.UUID(first.conversation_id),
+                                                      {"system_prompt": "Answer in French."})
+    assert [m.content async for m in system.all()] == ["Answer in French."]
+    second = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="again",
+                                        conversation_id=uuid.UUID(first.conversation_id)))
+    assert (await second.outcome()).result.finish_reason == "stop"
+    assert await system.acount() == 1  # continued, not recorded again

@@ -45,7 +45,7 @@ async def create_conversation(request):
     fields = services.new_conversation_fields(read_json(request))  # before the session gets a visitor
     await throttle.check_new_conversation(await page_caller(request))  # before a session is made for it
     owner = await page_caller(request, create=True)
-    conversation = await sync_to_async(services.create_conversation)(owner, fields)
+    conversation = await sync_to_async(services.create_page_conversation)(owner, fields)
     return json_response(await conversation_detail(owner, conversation.id), status=201)
 
 

@@ -89,6 +89,12 @@ def unfinished_answer(finish_reason: str, error: str, request_id: str | None) ->
     return generation_error(error, request_id)
 
 
+def turn_in_progress() -> ChatError:
+    """409: the conversation has an answer generating (one at a time per conversation)."""
+    return ChatError("An answer is still being generated in this conversation.", status=409,
+                     type="invalid_request_error", param="conversation_id", code="turn_in_progress")
+
+
 def method_not_allowed(method: str, allowed) -> ChatError:
     """405 for a method the URL does not serve; the JSON answer carries `Allow`."""
     allowed = tuple(sorted(allowed))

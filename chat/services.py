@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import inputs, params
+from . import inputs, params, tree
 from .errors import ChatError, invalid, not_found
 from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role, Source
 from .owners import Owner
@@ -139,6 +139,19 @@ def update_conversation(owner: Owner, conversation_id: uuid.UUID, data: dict) ->
             # message: the record must say what the model is now told.
             conversation.messages.filter(role=Role.SYSTEM).update(content=changes["system_prompt"])
     return conversation
+
+
+def switch_branch(owner: Owner, conversation_id: uuid.UUID, message_id: int) -> None:
+    """Make the branch through `message_id` current, down to its newest leaf (the page's arrows)."""
+    with transaction.atomic():
+        conversation = Conversation.objects.owned_by(owner).select_for_update().filter(pk=conversation_id).first()
+        if conversation is None:
+            raise not_found()
+        messages = tree.by_id(conversation.messages.only("id", "parent_id", "position"))
+        if message_id not in messages:
+            raise invalid("message_id", "'message_id' is not a message of this conversation.", "not_found")
+        conversation.current_leaf_id = tree.deepest(messages, message_id)
+        conversation.save(update_fields=["current_leaf"])  # not updated_at: reading is not activity
 
 
 def delete_conversation(owner: Owner, conversation_id: uuid.UUID) -> None:

@@ -29,14 +29,14 @@ from .engine import (
     GenerationParams,
     GenerationResult,
     QueuePosition,
-    Started,
     TextDelta,
     get_engine,
 )
 from .claims import BUSY, LIMIT, shared_claims
-from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, turn_in_progress
 from .metrics import TurnWatch
 from .models import Source
+from .upstream_health import health_fields
 from .owners import Owner
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ class TurnDone:
     message_id: int | None
 
 
-TurnEvent = QueuePosition | Started | TextDelta | TurnDone
+# The events adapters read from `Turn.events()`, imported from here (adapters do not import the
+# engine): QueuePosition (`position` in the queue), TextDelta (`text`), then TurnDone.
+TurnEvent = QueuePosition | TextDelta | TurnDone
 
 _live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching
 _runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
@@ -115,10 +117,7 @@ class _Claim:
             verdict, self.token = self.shared.acquire(owner, conversation_id, limit if owner.is_person else 0)
             busy, over = verdict == BUSY, verdict == LIMIT
         if busy:
-            raise ChatError(
-                "An answer is still being generated in this conversation.",
-                status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
-            )
+            raise turn_in_progress()
         if over:
             raise ChatError(
                 f"You already have {limit} answers being generated; wait for one to finish or stop it.",
@@ -244,10 +243,12 @@ class Turn:
                     break
                 if isinstance(event, GenerationResult):
                     result = event
-                else:
-                    if isinstance(event, TextDelta):
-                        watch.delta()
+                elif isinstance(event, TextDelta):
+                    watch.delta()
                     self._publish(event)
+                elif isinstance(event, QueuePosition):
+                    self._publish(event)
+                # (the engine's Started is progress for the timeout above; no reader needs it)
         except asyncio.CancelledError:
             self._request.cancel()
             raise
@@ -359,6 +360,52 @@ async def ready_engine():
         except EngineUnavailable as exc:
             raise model_unavailable(str(exc)) from exc
     return engine
+
+
+async def served_model():
+    """The loaded model's info (`model_id`, `context_length`, ...), waiting while it loads; 503
+    if it cannot be loaded."""
+    return (await ready_engine()).info
+
+
+def engine_status() -> dict:
+    """The one view of the engine that pages and /healthz need: `ready`, `state`, `queue`,
+    `running`, and once ready the model's fields and the upstream's reachability."""
+    engine = get_engine()
+    status = {"ready": engine.ready, "state": engine.state, "queue": engine.queue_length()}
+    if engine.ready:
+        info = engine.info
+        status.update(running=engine.running_count(), model=info.model_id, backend=info.backend, device=info.device,
+                      dtype=info.dtype, quantize=info.quantize, context_length=info.context_length,
+                      health=health_fields(engine))
+    return status
+
+
+def clear_engine_cache() -> None:
+    """Free cached accelerator memory (the seed API's /clear); a no-op on CPU."""
+    get_engine().clear_cache()
+
+
+async def measure_context(system_prompt: str, pairs: list[Pair], params: GenerationParams) -> dict:
+    """How much of the context the next turn after `pairs` would use (tokenized off the event loop)."""
+    engine = await ready_engine()
+
+    def measure():
+        whole = engine.count_prompt_tokens(to_messages(system_prompt, pairs, ""))
+        sent, truncated = fit_history(engine, system_prompt, pairs, "", params)
+        return whole, engine.count_prompt_tokens(sent), truncated
+
+    whole, sent, truncated = await asyncio.to_thread(measure)
+    context = engine.info.context_length
+    return {
+        "prompt_tokens": whole,  # the whole current path, before any is left out
+        "sent_tokens": sent,  # what the next request sends (before the new question)
+        "context_length": context,
+        "answer_room": min(params.max_new_tokens or 512, context // 4),
+        "history_pairs": len(pairs),
+        "max_history": max(0, settings.CHATGLM["MAX_HISTORY"]),
+        "history_truncated": truncated,
+    }
 
 
 async def start_turn(inp: TurnInput) -> Turn:

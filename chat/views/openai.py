@@ -18,22 +18,16 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import inputs, params, selectors
-from ..engine.base import ModelInfo
 from ..errors import ChatError, unfinished_answer
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
                                model_not_found, model_object, previous_not_found, response_id, served_names)
 from ..owners import http_caller
-from ..turns import Protocol, TurnDone, TurnInput, ready_engine, start_turn
+from ..turns import Protocol, TurnDone, TurnInput, served_model, start_turn
 from . import sse
 from .common import allow, json_errors, json_response, read_json
 
 
 # -- models -----------------------------------------------------------------------------------
-
-
-async def served_model() -> ModelInfo:
-    """The loaded model's info, waiting while it loads; 503 if it cannot be loaded."""
-    return (await ready_engine()).info
 
 
 @csrf_exempt  # programs only: http_caller never uses the session here

@@ -12,9 +12,8 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import live, params
-from ..engine import get_engine
 from ..errors import ChatError, generation_error, invalid
-from ..turns import Protocol, TurnDone, TurnInput, start_turn
+from ..turns import Protocol, TurnDone, TurnInput, clear_engine_cache, start_turn
 from . import sse
 from ..owners import http_caller
 from .common import allow, json_errors, json_response, read_json
@@ -121,7 +120,7 @@ class SeedEncoder(sse.Encoder):
 async def clear(request):
     """Free cached accelerator memory (the seed's /clear); a no-op on CPU."""
     await http_caller(request)
-    get_engine().clear_cache()
+    clear_engine_cache()
     return JsonResponse({"success": True})
 
 

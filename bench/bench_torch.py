@@ -188,16 +188,16 @@ class Worker:
         model_methods = ["forward"] if self.info.backend == "transformers" else ["prefill", "decode"]
         self.clock = ModelClock(backend.model, model_methods)
         self.thread_cpu = 0.0
-        run = backend.generate_continuous
+        run = backend.run
 
-        def generate_continuous(sequences, admit):  # runs on the engine thread
+        def timed_run(sequences, admit):  # runs on the engine thread
             started = time.thread_time()
             try:
                 return run(sequences, admit)
             finally:
                 self.thread_cpu += time.thread_time() - started
 
-        backend.generate_continuous = generate_continuous
+        backend.run = timed_run
         # The raw loop runs on one thread of its own, as the engine decodes on its own thread.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.pool.submit(self.raw, backend, 1, 4).result()  # warm-up of this thread
@@ -218,7 +218,7 @@ class Worker:
             per_stream = None
         else:
             results = asyncio.run(self._engine(streams, tokens))
-            while self.engine.running_count():  # the results leave before generate_continuous returns
+            while self.engine.running_count():  # the results leave before run returns
                 time.sleep(0.001)
             produced = [r.completion_tokens for r in results]
             if produced != [tokens] * streams or any(r.finish_reason != "length" for r in results):

@@ -73,8 +73,8 @@ class MessageInline(admin.TabularInline):
     model = Message
     # Every branch, in the order written; `parent` shows the tree (the current path is above).
     fields = readonly_fields = (
-        "message_id", "parent_id", "position", "role", "content", "finish_reason", "prompt_tokens", "completion_tokens",
-        "time_to_first_token", "duration", "error", "created_at",
+        "message_id", "parent_id", "position", "role", "content", "tool_calls", "tool_call_id", "tool_name",
+        "finish_reason", "prompt_tokens", "completion_tokens", "time_to_first_token", "duration", "error", "created_at",
     )
     extra = 0
     can_delete = False
@@ -204,6 +204,8 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="content")
     def short_content(self, obj):
+        if obj.tool_calls and not obj.content:  # an answer that only called tools
+            return Truncator("calls " + ", ".join(call["name"] for call in obj.tool_calls)).chars(80)
         return Truncator(obj.content).chars(80) or "(empty)"
 
     def has_add_permission(self, request):

@@ -32,6 +32,8 @@ def message_data(message: Message) -> dict:
         "position": message.position,
         "role": message.role,
         "content": message.content,
+        "tool_calls": message.tool_calls,  # an assistant's calls: [{"id", "name", "arguments"}]
+        "tool_call_id": message.tool_call_id,  # a tool result's call
         "finish_reason": message.finish_reason,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,
@@ -111,8 +113,12 @@ def conversation_markdown(conversation: Conversation, messages: Iterable[Message
         if message.role == Role.SYSTEM:
             continue  # shown once above, as the conversation's system prompt
         lines += [f"## {message.get_role_display()}", ""]
+        if message.role == Role.TOOL:
+            lines += [f"_(result of `{message.tool_name}`, call `{message.tool_call_id}`)_", ""]
         if message.content:
             lines += [message.content, ""]
+        for call in message.tool_calls or ():
+            lines += [f"Calls `{call['name']}` (`{call['id']}`):", "", "```json", call["arguments"], "```", ""]
         if message.role == Role.ASSISTANT:
             if message.finish_reason == FinishReason.ERROR:
                 lines += [f"_(failed: {message.error or 'unknown error'})_", ""]

@@ -24,6 +24,7 @@ class Role(models.TextChoices):
     SYSTEM = "system", "System"
     USER = "user", "User"
     ASSISTANT = "assistant", "Assistant"
+    TOOL = "tool", "Tool result"
 
 
 class FinishReason(models.TextChoices):
@@ -127,6 +128,11 @@ class Message(models.Model):
     error = models.TextField(blank=True, default="")
     # Assistant messages: how many of the oldest turns of the path were left out of the prompt.
     history_truncated = models.PositiveIntegerField(default=0)
+    # Assistant messages: the tool calls of the answer, [{"id", "name", "arguments"}] (arguments:
+    # JSON text). Tool messages: the id of the call whose result `content` is, and its function.
+    tool_calls = models.JSONField(default=list, blank=True)
+    tool_call_id = models.CharField(max_length=100, blank=True, default="")
+    tool_name = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["conversation", "position"]

@@ -8,7 +8,8 @@ from typing import Any
 
 from django.conf import settings
 
-from .engine import GenerationParams
+from . import inputs
+from .engine import Constraint, GenerationParams
 from .errors import invalid, not_found
 
 # (minimum, maximum) of each numeric generation parameter.
@@ -68,7 +69,73 @@ def generation_params(data: dict, renames: dict[str, str] | None = None, where: 
     renames = renames or {}
     values = {name: number(data, name, renames.get(name, name), where) for name in RANGES}
     stop = renames.get("stop", "stop")
-    return GenerationParams(stop=stop_sequences(data.get(stop), where + stop), **values)
+    fmt = data.get("response_format")  # absent or null: no constraint
+    return GenerationParams(stop=stop_sequences(data.get(stop), where + stop),
+                            constraint=None if fmt is None else response_format(fmt, where + "response_format"),
+                            **values)
+
+
+def response_format(value: Any, param: str = "response_format") -> Constraint | None:
+    """OpenAI's chat `response_format` (every protocol takes it under this name): {"type":
+    "text"} (None: no constraint), {"type": "json_object"}, or {"type": "json_schema",
+    "json_schema": {"name", "schema", "strict", "description"}}; null: none."""
+    if value is None:
+        return None
+    kind = _format_type(value, param)
+    if kind != "json_schema":
+        return _simple_format(kind, value, param)
+    _only_keys(value, {"type", "json_schema"}, param)
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid(f"{param}.json_schema", f"'{param}.json_schema' must be an object.", "invalid_type")
+    return _json_schema(spec, f"{param}.json_schema")
+
+
+def text_format(value: Any, param: str = "text.format") -> Constraint | None:
+    """The Responses API's `text.format`: the same formats, the json_schema one flat
+    ({"type": "json_schema", "name", "schema", "strict", "description"})."""
+    kind = _format_type(value, param)
+    if kind != "json_schema":
+        return _simple_format(kind, value, param)
+    return _json_schema({k: v for k, v in value.items() if k != "type"}, param)
+
+
+def _format_type(value: Any, param: str) -> str:
+    if not isinstance(value, dict):
+        raise invalid(param, f"'{param}' must be an object.", "invalid_type")
+    kind = value.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise invalid(f"{param}.type", f"'{param}.type' must be one of 'text', 'json_object', 'json_schema'.")
+    return kind
+
+
+def _simple_format(kind: str, value: dict, param: str) -> Constraint | None:
+    _only_keys(value, {"type"}, param)
+    return Constraint.json_object() if kind == "json_object" else None
+
+
+def _json_schema(spec: dict, param: str) -> Constraint:
+    _only_keys(spec, {"name", "schema", "strict", "description"}, param)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid(f"{param}.name", f"'{param}.name' must be a non-empty string.", "invalid_type")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise invalid(f"{param}.strict", f"'{param}.strict' must be a boolean.", "invalid_type")
+    if spec.get("description") is not None and not isinstance(spec["description"], str):
+        raise invalid(f"{param}.description", f"'{param}.description' must be a string.", "invalid_type")
+    # OpenAI's schema is optional (any JSON then); `strict` changes nothing here: the grammar
+    # always holds the answer to the schema.
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise invalid(f"{param}.schema", f"'{param}.schema' must be a JSON Schema (an object).", "invalid_type")
+    return Constraint.of_schema(schema)
+
+
+def _only_keys(value: dict, keys: set[str], param: str) -> None:
+    for key in value:
+        if key not in keys:
+            where = f"{param}.{inputs.safe(str(key))}"
+            raise invalid(where, f"Unrecognized request argument supplied: {where}.", "unknown_parameter")
 
 
 def text(data: dict, name: str, *, required: bool = True, max_chars: int | None = None) -> str | None:

@@ -67,7 +67,8 @@ def turn_history(inp: TurnInput) -> tuple[Conversation, list[Pair], TurnInput]:
     continues, and the input with its parent resolved (and, for a regenerated answer, the
     question it answers again)."""
     conversation = owned_conversation(inp.owner, inp.conversation_id)
-    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content"))
+    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content", "tool_calls",
+                                                     "tool_call_id", "tool_name"))
     if not inp.branch:
         parent = tree.leaf_id(conversation, messages)
         return conversation, tree.pairs(tree.path_to(messages, parent)), dataclasses.replace(inp, parent_id=parent)

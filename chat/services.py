@@ -185,11 +185,9 @@ def save_question(inp: TurnInput, conversation, history: list[Pair], system_prom
                                                    content=system_prompt).pk
                 position = 1
             for question, answer in history:  # a seed client's history becomes part of the record
-                for role, content in ((Role.USER, question), (Role.ASSISTANT, answer)):
-                    parent_id = Message.objects.create(
-                        conversation=conversation, parent_id=parent_id, position=position, role=role, content=content,
-                        finish_reason=FinishReason.STOP if role == Role.ASSISTANT else "",
-                    ).pk
+                answer_steps = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
+                for step in [{"role": "user", "content": question}, *answer_steps]:
+                    parent_id = _save_step(conversation, parent_id, position, step)
                     position += 1
         else:
             # Update the row as it is now (a rename may have landed since it was read), and
@@ -213,6 +211,9 @@ def save_question(inp: TurnInput, conversation, history: list[Pair], system_prom
                                role=Role.USER, content=inp.query)
             question.explicit_root = parent_id is None
             question.save()
+            for step in inp.steps:  # the answer's tool calls and results so far
+                position += 1
+                question = Message(pk=_save_step(conversation, question.pk, position, step))
         answer = Message.objects.create(
             conversation=conversation, parent_id=question.pk, position=position + 1, role=Role.ASSISTANT,
             finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(), history_truncated=truncated,
@@ -221,11 +222,22 @@ def save_question(inp: TurnInput, conversation, history: list[Pair], system_prom
     return str(conversation.id), question.pk, answer.pk
 
 
+def _save_step(conversation, parent_id, position: int, step: dict) -> int:
+    """Save one message of a history (engine message shape, chat/engine/tools.py); its id."""
+    return Message.objects.create(
+        conversation=conversation, parent_id=parent_id, position=position, role=step["role"],
+        content=step["content"], finish_reason=FinishReason.STOP if step["role"] == Role.ASSISTANT else "",
+        tool_calls=step.get("tool_calls") or [], tool_call_id=step.get("tool_call_id", ""),
+        tool_name=step.get("name", ""),
+    ).pk
+
+
 def save_answer(message_id: int, result: GenerationResult) -> None:
     """The turn's outcome into its answer's placeholder (completed, cancelled or failed)."""
     with transaction.atomic():
         Message.objects.filter(pk=message_id).update(
             content=result.text,
+            tool_calls=[call.as_dict() for call in result.tool_calls],
             finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,

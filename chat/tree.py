@@ -53,14 +53,27 @@ def deepest(messages: dict[int, Message], start: int) -> int:
     return node
 
 
-def pairs(path: Iterable[Message]) -> list[tuple[str, str]]:
-    """(question, answer) pairs of a path; unanswered questions and empty answers are left out."""
-    result, question = [], None
+def pairs(path: Iterable[Message]) -> list[tuple[str, str | list[dict]]]:
+    """(question, answer) pairs of a path; unanswered questions and empty answers are left out.
+
+    An answer that went through tool calls is its steps, engine messages (chat/engine/tools.py):
+    the assistant's calls and the tools' results, then the final answer."""
+    result, question, steps = [], None, []
     for message in path:
         if message.role == Role.USER:
-            question = message.content
-        elif message.role == Role.ASSISTANT and question is not None:
+            question, steps = message.content, []
+        elif question is None:
+            continue
+        elif message.role == Role.ASSISTANT and message.tool_calls:
+            steps.append({"role": "assistant", "content": message.content, "tool_calls": message.tool_calls})
+        elif message.role == Role.TOOL:
+            steps.append({"role": "tool", "content": message.content, "tool_call_id": message.tool_call_id,
+                          "name": message.tool_name})
+        elif message.role == Role.ASSISTANT:
             if message.content:
-                result.append((question, message.content))
+                answer = message.content
+                if steps:
+                    answer = steps + [{"role": "assistant", "content": message.content}]
+                result.append((question, answer))
             question = None
     return result

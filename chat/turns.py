@@ -30,6 +30,7 @@ from .engine import (
     GenerationResult,
     QueuePosition,
     TextDelta,
+    UnsupportedConstraint,
     get_engine,
 )
 from .claims import BUSY, LIMIT, shared_claims
@@ -68,6 +69,12 @@ class TurnInput:
     # replaces; a question's own id regenerates its answer (then `query` is left empty).
     parent_id: int | None = None
     branch: bool = False
+    # Tool calling (chat/engine/tools.py): the tools offered, and the answer's steps so far
+    # (assistant tool calls and tool results after `query`) when the turn continues after them.
+    tools: list[dict] = dataclasses.field(default_factory=list)
+    steps: list[dict] = dataclasses.field(default_factory=list)
+    # What the protocol calls the output format (params.constraint), for a 400 that names it.
+    format_param: str = "response_format"
 
     @property
     def source(self) -> str:
@@ -277,21 +284,28 @@ def _coalesce(batch: list[TurnEvent]) -> list[TurnEvent]:
     """The events of `batch` with each run of TextDeltas joined into one and each run of
     QueuePositions reduced to its last."""
     out: list[TurnEvent] = []
-    run: list[str] = []
+    run: list[TextDelta] = []
     for event in batch:
         if isinstance(event, TextDelta):
-            run.append(event.text)
+            run.append(event)
             continue
         if run:
-            out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+            out.append(_joined(run))
             run = []
         if isinstance(event, QueuePosition) and out and isinstance(out[-1], QueuePosition):
             out[-1] = event
         else:
             out.append(event)
     if run:
-        out.append(TextDelta("".join(run)) if len(run) > 1 else TextDelta(run[0]))
+        out.append(_joined(run))
     return out
+
+
+def _joined(run: list[TextDelta]) -> TextDelta:
+    """One delta of a run: the texts joined, and their logprobs, in order."""
+    if len(run) == 1:
+        return run[0]
+    return TextDelta("".join(d.text for d in run), tuple(e for d in run for e in d.logprobs))
 
 
 class _IdleTimer:
@@ -381,6 +395,11 @@ def engine_status() -> dict:
     return status
 
 
+async def tools_refusal(messages: list[dict], params: GenerationParams) -> str | None:
+    """Why the loaded model cannot serve these offered tools (and tool choice), or None."""
+    return (await ready_engine()).backend.tools_refusal(messages, params)
+
+
 def clear_engine_cache() -> None:
     """Free cached accelerator memory (the seed API's /clear); a no-op on CPU."""
     get_engine().clear_cache()
@@ -439,13 +458,16 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     """Fit the prompt, admit it to the engine and save the question: the claimed part of a start."""
     system_prompt = inp.system_prompt if inp.system_prompt is not None else (conversation.system_prompt if conversation else "")
     # Tokenizing a long history takes a while: off the event loop, which serves every stream.
-    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params)
+    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params,
+                                                  inp.tools, inp.steps)
     try:
         request = engine.submit(messages, inp.params, owner=throttle.queue_owner(inp.owner))
     except EngineOverloaded as exc:
         raise ChatError(str(exc), status=429, type="rate_limit_error", code="overloaded", retry_after=exc.retry_after) from exc
     except EngineUnavailable as exc:
         raise model_unavailable(str(exc)) from exc
+    except UnsupportedConstraint as exc:  # about the client's own schema: said as it is
+        raise invalid(inp.format_param, str(exc), "unsupported_format") from exc
 
     turn = Turn(inp, history, truncated, request, claim)
     if inp.stored:
@@ -460,7 +482,8 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     return turn
 
 
-def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams):
+def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams,
+                tools: list[dict] = (), steps: list[dict] = ()):
     """Chat messages for the model, and how many of the oldest pairs were left out.
 
     Keeps the most recent pairs, at most CHATGLM_MAX_HISTORY of them, such that the prompt
@@ -475,7 +498,7 @@ def fit_history(engine, system_prompt: str, history: list[Pair], query: str, par
 
     def fits(count: int) -> bool:
         kept = candidates[len(candidates) - count :] if count else []
-        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query)) + room <= limit
+        return engine.count_prompt_tokens(to_messages(system_prompt, kept, query, tools, steps)) + room <= limit
 
     count = len(candidates)
     if count and not fits(count):
@@ -485,7 +508,7 @@ def fit_history(engine, system_prompt: str, history: list[Pair], query: str, par
             low, high = (middle, high) if fits(middle) else (low, middle)
         count = low
     kept = candidates[len(candidates) - count :] if count else []
-    return to_messages(system_prompt, kept, query), len(history) - len(kept)
+    return to_messages(system_prompt, kept, query, tools, steps), len(history) - len(kept)
 
 
 def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
@@ -501,9 +524,17 @@ def answer_room(engine, params: GenerationParams) -> tuple[int, int]:
     return limit, min(budget, limit // 4)
 
 
-def to_messages(system_prompt: str, history: list[Pair], query: str) -> list[dict]:
+def to_messages(system_prompt: str, history: list[Pair], query: str, tools: list[dict] = (),
+                steps: list[dict] = ()) -> list[dict]:
+    """Engine chat messages. An answer with tool calls is its steps (engine messages); offered
+    tools ride on the system message (chat/engine/tools.py)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if tools:
+        if not messages:
+            messages.append({"role": "system", "content": ""})
+        messages[0]["tools"] = list(tools)
     for question, answer in history:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": question})
+        messages += [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
     messages.append({"role": "user", "content": query})
-    return messages
+    return messages + list(steps)

@@ -60,6 +60,9 @@ class ServerFactory:
             # suite's: the suite may run on PostgreSQL, whose test database a server must not touch.
             "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
             "CHATGLM_MODEL": model,
+            # Weights converted once are shared by every server of the suite (the project's own
+            # cache, as `make run` uses it), unless a test gives a cache of its own.
+            "CHATGLM_CACHE_DIR": str(ROOT / "data" / "models"),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

@@ -43,7 +43,7 @@ def run(name: str, server) -> str:
 
 
 def test_the_readme_has_the_examples():
-    assert {"curl", "openai", "langchain", "original-demo"} <= set(examples())
+    assert {"curl", "openai", "openai-tools", "langchain", "original-demo", "structured"} <= set(examples())
 
 
 def test_curl(server):
@@ -70,5 +70,16 @@ def test_openai_sdk(server):
     assert lines[3] == "You said: 你好 / You said: 再见"
 
 
+def test_openai_tools(server):
+    assert run("openai-tools", server).splitlines() == [
+        "tool_calls get_weather {'city': 'Paris'}", "The tool said: 22 °C, sunny"]
+
+
 def test_langchain(server):
     assert run("langchain", server).splitlines() == ["You said: 你好", "You said: 你好"]
+
+
+def test_structured(server):
+    # The fake model answers the schema's smallest document with its echo as the strings.
+    prompt = "You said: The capital of France, as JSON."
+    assert run("structured", server).strip() == f"name='{prompt}' country='{prompt}'"

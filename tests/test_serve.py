@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +45,19 @@ def test_fake_model_server_answers_in_whole_characters(fake_server):
     assert all("\ufffd" not in e["delta"] for e in events)
     assert httpx.post(f"{fake_server.url}/chat", json={"query": "你好🙂"}).json()["response"] == "You said: 你好🙂"
     assert "Open http://127.0.0.1:" in fake_server.log
+
+
+def test_the_listening_socket_has_a_deep_accept_queue(fake_server):
+    """Hundreds of clients connecting at once must not overflow the accept queue (Twisted's
+    default is 50): `ss` shows a listening socket's backlog as its Send-Q."""
+    from chat.management.commands.serve import LISTEN_BACKLOG
+
+    if shutil.which("ss") is None:
+        pytest.skip("needs iproute2's ss")
+    port = fake_server.url.rsplit(":", 1)[1]
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    send_queues = {int(line.split()[2]) for line in listing.splitlines()}
+    assert send_queues == {LISTEN_BACKLOG}
 
 
 def test_flags_set_the_engine_configuration(server_factory):

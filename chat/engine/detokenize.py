@@ -14,6 +14,7 @@ decode the new token in context.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 REPLACEMENT = "\ufffd"
@@ -51,3 +52,37 @@ class IncrementalDetokenizer:
         if len(new_text) <= len(prefix_text):
             return ""
         return new_text[len(prefix_text) :].rstrip(REPLACEMENT)
+
+
+# -- one token's bytes, for logprobs -------------------------------------------------------------
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (every byte-level tokenizer's): the character that
+    stands for each byte in a vocabulary piece."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+BYTE_LEVEL = _byte_level_alphabet()
+
+
+def piece_bytes(piece: str, byte_level: bool) -> bytes:
+    """The exact bytes of a vocabulary piece: a sentencepiece byte-fallback piece (`<0xE4>`) is
+    that byte, a byte-level BPE piece (`ä½`) spells its bytes, a sentencepiece piece has `▁` for
+    a space. A token that holds part of a character has bytes that are not UTF-8 by themselves."""
+    match = _BYTE_FALLBACK.fullmatch(piece)
+    if match:
+        return bytes([int(match.group(1), 16)])
+    if byte_level and all(c in BYTE_LEVEL for c in piece):
+        return bytes(BYTE_LEVEL[c] for c in piece)
+    return piece.replace("\u2581", " ").encode("utf-8")

@@ -14,32 +14,16 @@ it listens beyond loopback.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import threading
 from pathlib import Path
 
-
-def embedded_gguf() -> Path:
-    try:  # where the llamacpp backend's branch keeps it
-        from .config import embedded_gguf as find
-    except ImportError:
-        from .backends.transformers import embedded_gguf as find
-    return find()
+from .backends.llamacpp import gguf_context_length
+from .config import EngineConfig, embedded_gguf
 
 
-def gguf_context_length(path: Path) -> int:
-    """The context length the model was trained for, from its GGUF header."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    field = reader.fields["general.architecture"]
-    architecture = bytes(field.parts[field.data[0]]).decode()
-    field = reader.fields[f"{architecture}.context_length"]
-    return int(field.parts[field.data[0]][0])
-
-
-def start(model: Path, host: str, port: int, slots: int, context: int | None, api_key: str = "", alias: str = ""):
+def start(model: Path, host: str, port: int, slots: int, context: int | None, api_key: str = "", alias: str = "",
+          device: int = -1):
     """llama.cpp's server listening on host:port (it serves until the object is dropped)."""
     import xllamacpp
 
@@ -55,7 +39,7 @@ def start(model: Path, host: str, port: int, slots: int, context: int | None, ap
     params.kv_unified = False
     params.n_ctx = per_slot * slots
     params.fit_params = False
-    params.n_gpu_layers = 0 if os.environ.get("CHATGLM_DEVICE", "-1").strip() in ("", "-1") else 999
+    params.n_gpu_layers = 0 if device < 0 else 999  # -1: CPU, as --device says
     params.hostnames = [host]
     params.port = port
     params.endpoint_metrics = True
@@ -72,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="a .gguf file (default: the embedded SmolLM2)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--slots", type=int, default=int(os.environ.get("CHATGLM_MAX_BATCH", "8")),
+    parser.add_argument("--slots", type=int, default=None,
                         help="sequences decoded together (default CHATGLM_MAX_BATCH, 8)")
     parser.add_argument("--context", type=int, default=0, help="context per sequence (default: the model's)")
     parser.add_argument("--alias", default="", help="the model id it reports (default: the file's)")
@@ -82,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    config = EngineConfig.from_env()
+    slots = args.slots or config.max_batch_size
 
     model = Path(args.model) if args.model else embedded_gguf()
     if not model.is_file() or model.suffix != ".gguf":
         parser.error(f"--model must be a .gguf file: {model}")
-    server, per_slot = start(model, args.host, args.port, args.slots, args.context or None,
-                             os.environ.get("CHATGLM_LLAMACPP_API_KEY", ""), args.alias)
-    print(f"llama.cpp serves {model.name} on {server.listening_address}/v1: {args.slots} slots of {per_slot} tokens",
+    server, per_slot = start(model, args.host, args.port, slots, args.context or None,
+                             config.llamacpp_api_key, args.alias, config.device)
+    print(f"llama.cpp serves {model.name} on {server.listening_address}/v1: {slots} slots of {per_slot} tokens",
           flush=True)
     stopped = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):

@@ -23,7 +23,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -139,8 +138,7 @@ class Engine:
         self._backend_factory = backend_factory
         self.max_queue = max_queue
         if max_waiting_per_owner is None:
-            raw = os.environ.get("CHATGLM_MAX_QUEUED_PER_CLIENT", "").strip()
-            max_waiting_per_owner = int(raw) if raw else max(1, max_queue // 4)
+            max_waiting_per_owner = max(1, max_queue // 4)
         self.max_waiting_per_owner = max_waiting_per_owner  # 0: no per-owner share
         self._backend: Backend | None = None
         self._waiting: collections.deque[Request] = collections.deque()
@@ -200,6 +198,10 @@ class Engine:
             raise EngineUnavailable(f"The model failed to load: {self._load_error}")
         if self._stopping:
             raise EngineUnavailable("The engine is shutting down.")
+        if params.constraint is not None and self.ready:
+            # UnsupportedConstraint: refused now (a 400), never run unconstrained. Before the
+            # model is ready, a row whose constraint cannot be enforced ends as an error.
+            self.backend.check_constraint(params.constraint)
         request = Request(self, messages, params, owner)
         with self._cond:
             if len(self._waiting) >= self.max_queue:
@@ -215,6 +217,8 @@ class Engine:
             position = index + 1
             self._announce_positions(start=index + 1)
             self._cond.notify()
+        if self._running and self._backend is not None:
+            self._backend.wake()  # a running batch may take it now
         if position > 1 or self._running or not self._ready.is_set():
             request._emit_threadsafe(QueuePosition(position))
         return request
@@ -313,7 +317,11 @@ class Engine:
             return batch
 
     def _generate(self, backend: Backend, batch: list[Request]) -> None:
-        live = [r.sequence for r in batch if not r.cancelled]
+        def prepared(seq: Sequence) -> Sequence:
+            seq.tool_parser = backend.tool_parser(seq.messages, seq.params)
+            return seq
+
+        live = [prepared(r.sequence) for r in batch if not r.cancelled]
         for request in batch:
             if request.cancelled:
                 request.sequence.finish("cancelled")
@@ -330,13 +338,13 @@ class Engine:
                 if request.cancelled:
                     request.sequence.finish("cancelled")
                 else:
-                    fresh.append(request.sequence)
+                    fresh.append(prepared(request.sequence))
             live.extend(fresh)
             return fresh
 
         try:
             if live:
-                backend.generate_continuous(list(live), admit)
+                backend.run(list(live), admit)
         except Exception as exc:  # noqa: BLE001 - a failed generation must not stop the engine
             log.exception("generation failed")  # the details go to the log, not to clients
             for seq in live:

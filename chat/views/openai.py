@@ -12,6 +12,8 @@ when CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
+import dataclasses
+
 from asgiref.sync import sync_to_async
 from django.http import JsonResponse
 from django.urls import path, re_path
@@ -20,9 +22,10 @@ from django.views.decorators.csrf import csrf_exempt
 from .. import inputs, params, selectors
 from ..errors import ChatError, unfinished_answer
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
-                               model_not_found, model_object, previous_not_found, response_id, served_names)
+                               choice_params, model_not_found, model_object, previous_not_found, response_id,
+                               served_names, usage_of)
 from ..owners import http_caller
-from ..turns import Protocol, TurnDone, TurnInput, served_model, start_turn
+from ..turns import Protocol, TurnDone, TurnInput, served_model, start_turn, tools_refusal
 from . import sse
 from .common import allow, json_errors, json_response, read_json
 
@@ -70,24 +73,47 @@ def failure(turn, done: TurnDone) -> ChatError | None:
 
 
 async def _answer(request, parse, shapes, query_of):
-    """One completion request: parse, start the turn, answer whole or as a stream."""
+    """One completion request: parse, start its turns (one per choice), answer whole or as a stream."""
     owner = await http_caller(request, allow_session=False)
     data = read_json(request)
     req = parse(data, await served_model())
     system_prompt, history, query = query_of(req)
-    turn = await start_turn(TurnInput(
-        owner=owner,
-        protocol=Protocol.OPENAI,
-        query=query,
-        params=req.params,
-        history=params.used_history(history),  # what cannot reach the model is not stored either
-        system_prompt=system_prompt,
-        store=req.store,
-    ))
-    shape = shapes(turn.id, req)
+    tools = getattr(req, "tools", [])
+    if getattr(req, "uses_tools", False):
+        offered = [{"role": "system", "content": "", "tools": tools}]
+        refusal = await tools_refusal(offered, dataclasses.replace(req.params, tool_choice=None))
+        param = "tools" if tools else "messages"
+        if refusal is None:  # the tools can be served: can the call be forced?
+            refusal, param = await tools_refusal(offered, req.params), "tool_choice"
+        if refusal is not None:
+            raise ChatError(f"'{param}' cannot be served with this model: {refusal}.", param=param,
+                            code="unsupported_parameter")
+    params_of = choice_params(req.params, req.best_of)
+    if req.best_of > req.n and req.params.logprobs is None:  # ranking needs every candidate's logprobs
+        params_of = [dataclasses.replace(p, logprobs=0) for p in params_of]
+    turns = []
+    try:
+        for index, choice in enumerate(params_of):
+            turns.append(await start_turn(TurnInput(
+                owner=owner,
+                protocol=Protocol.OPENAI,
+                query=query,
+                params=choice,
+                history=params.used_history(history),  # what cannot reach the model is not stored either
+                system_prompt=system_prompt,
+                # Of n choices the first is stored, as the conversation's answer (docs/sampling.md).
+                store=req.store and index == 0,
+                tools=tools,
+                steps=getattr(req, "steps", []),
+            )))
+    except BaseException:
+        for turn in turns:
+            turn.cancel()
+        raise
+    shape = shapes(turns[0].id, req)
     if req.stream:
-        return sse.turn_response(turn, CompletionEncoder(turn, shape))
-    return await _whole_answer(turn, shape)
+        return sse.turn_response(turns, CompletionEncoder(turns, shape))
+    return await _whole_answer(turns, shape, keep=req.n, strip_logprobs=req.params.logprobs is None)
 
 
 @csrf_exempt  # programs only: http_caller never uses the session here
@@ -105,28 +131,37 @@ async def completions(request):
 
 
 class CompletionEncoder(sse.Encoder):
-    """Chunks as OpenAI sends them (`data:` lines ending with `data: [DONE]`)."""
+    """Chunks as OpenAI sends them (`data:` lines ending with `data: [DONE]`), the n choices'
+    interleaved by index; a failed choice ends the stream with its error."""
 
     where = "completion stream"
 
-    def __init__(self, turn, shape):
-        self.turn, self.shape = turn, shape
+    def __init__(self, turns, shape):
+        self.turns, self.shape = turns, shape
+        self.results = [None] * len(turns)
 
     def opening(self) -> list[str]:
-        first = self.shape.first()
-        return [] if first is None else [sse.event(None, first)]
+        firsts = (self.shape.first(index) for index in range(len(self.turns)))
+        return [sse.event(None, first) for first in firsts if first is not None]
 
-    def delta(self, text: str) -> list[str]:
-        return [sse.event(None, self.shape.delta(text))]
+    def delta(self, index: int, delta) -> list[str]:
+        return [sse.event(None, self.shape.delta(index, delta))]
 
-    def done(self, done: TurnDone) -> list[str]:
-        error = failure(self.turn, done)
+    def done(self, index: int, done: TurnDone) -> list[str]:
+        error = failure(self.turns[index], done)
         if error is not None:
+            self.closed = True
             return [self.failed(error)]
-        events = [sse.event(None, self.shape.last(done.result.finish_reason))]
-        if self.shape.include_usage:
-            events.append(sse.event(None, self.shape.usage_chunk(done.result.usage())))
-        return [*events, sse.event(None, "[DONE]")]
+        self.results[index] = done.result
+        events, reason = [], done.result.finish_reason
+        if done.result.tool_calls:
+            events = [sse.event(None, chunk) for chunk in self.shape.tool_call_chunks(index, done.result.tool_calls)]
+            reason = "tool_calls"
+        return [*events, sse.event(None, self.shape.last(index, reason))]
+
+    def closing(self) -> list[str]:
+        usage = [sse.event(None, self.shape.usage_chunk(usage_of(self.results)))] if self.shape.include_usage else []
+        return [*usage, sse.event(None, "[DONE]")]
 
     def failed(self, error: ChatError) -> str:
         return sse.event(None, {"error": error.as_dict()})
@@ -164,11 +199,12 @@ async def responses(request):
         conversation_id=req.previous[0] if req.previous else None,
         system_prompt=req.system_prompt,
         store=req.store,
+        format_param="text.format",
     ))
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:
         return sse.turn_response(turn, ResponseEncoder(turn, shape))
-    return await _whole_answer(turn, shape)
+    return await _whole_answer([turn], shape)
 
 
 class ResponseEncoder(sse.Encoder):
@@ -183,10 +219,10 @@ class ResponseEncoder(sse.Encoder):
     def opening(self) -> list[str]:
         return [sse.event(name, data) for name, data in self.shape.opening()]
 
-    def delta(self, text: str) -> list[str]:
-        return [sse.event(*self.shape.delta(text))]
+    def delta(self, index: int, delta) -> list[str]:
+        return [sse.event(*self.shape.delta(delta.text))]
 
-    def done(self, done: TurnDone) -> list[str]:
+    def done(self, index: int, done: TurnDone) -> list[str]:
         error = failure(self.turn, done)
         if error is not None:
             return [self.failed(error)]
@@ -208,10 +244,25 @@ urlpatterns = [
 ]
 
 
-async def _whole_answer(turn, shape) -> JsonResponse:
-    """A non-streamed answer in the endpoint's shape, once the turn ends."""
-    done = await turn.outcome()
-    error = failure(turn, done)
-    if error is not None:
-        raise error
-    return json_response(shape.whole(done.result.text, done.result.finish_reason, done.result.usage()))
+async def _whole_answer(turns, shape, keep: int | None = None, strip_logprobs: bool = False) -> JsonResponse:
+    """A non-streamed answer in the endpoint's shape, once every turn ends. With more turns than
+    `keep` (best_of), the `keep` with the highest total logprob, in that order."""
+    try:
+        results = []
+        for turn in turns:
+            done = await turn.outcome()
+            error = failure(turn, done)
+            if error is not None:
+                raise error
+            results.append(done.result)
+        if keep is not None and keep < len(results):
+            ranked = sorted(results, key=lambda r: -sum(e.logprob for e in r.logprobs or ()))[:keep]
+            usage = usage_of(results)  # every candidate was generated: all count
+            results = [dataclasses.replace(r, logprobs=None) for r in ranked] if strip_logprobs else ranked
+            body = {**shape.whole_of(results), "usage": usage}
+        else:
+            body = shape.whole_of(results)
+        return json_response(body)
+    finally:
+        for turn in turns:
+            turn.cancel()  # the client went away before the answer: stop generating for nobody

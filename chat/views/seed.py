@@ -101,11 +101,11 @@ class SeedEncoder(sse.Encoder):
         self.seed, self.turn = seed, turn
         self.response = ""  # the answer so far as this client has seen it (turn.text may be further on)
 
-    def delta(self, text: str) -> list[str]:
-        self.response += text
-        return [sse.event("delta", {"delta": text, "response": self.response, "finished": False})]
+    def delta(self, index: int, delta) -> list[str]:
+        self.response += delta.text
+        return [sse.event("delta", {"delta": delta.text, "response": self.response, "finished": False})]
 
-    def done(self, done: TurnDone) -> list[str]:
+    def done(self, index: int, done: TurnDone) -> list[str]:
         if done.result.finish_reason == "error":
             return [self.failed(generation_error(done.result.error, self.turn.id))]
         return [sse.event("delta", {"delta": "", **final_fields(self.seed, self.turn, done), "finished": True})]

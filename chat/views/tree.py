@@ -40,7 +40,8 @@ async def switch_branch(request, conversation_id):
 @sync_to_async
 def _current(owner, conversation_id):
     conversation = selectors.owned_conversation(owner, conversation_id)
-    path_ = tree.current_path(conversation, conversation.messages.only("id", "parent_id", "position", "role", "content"))
+    path_ = tree.current_path(conversation, conversation.messages.only("id", "parent_id", "position", "role", "content", "tool_calls", "tool_call_id",
+                                                 "tool_name"))
     return conversation, tree.pairs(path_), sum(1 for m in path_ if m.role == Role.USER)
 
 

@@ -1,4 +1,4 @@
-"""The torch backends' shared batching: the token budget and the cache bookkeeping helpers
+"""The torch backends' shared batching: the token budget (one rule for every backend) and the cache bookkeeping helpers
 (the batched next-token pick is tested in test_sampling.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from chat.engine.base import GenerationParams
-from chat.engine.batching import cat_left_padded, padding_columns, token_budget
+from chat.engine.backends.fake import FakeBackend
+from chat.engine.batching import cat_left_padded, padding_columns
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,8 @@ from chat.engine.batching import cat_left_padded, padding_columns, token_budget
     ],
 )
 def test_token_budget(params, prompt, expected):
-    assert token_budget(params, prompt, context_length=1024, default_max_new_tokens=512) == expected
+    """One rule for every backend (Backend.token_budget), shown on the fake one."""
+    assert FakeBackend(context_length=1024).token_budget(params, prompt) == expected
 
 
 def test_padding_columns_and_left_padded_concatenation():

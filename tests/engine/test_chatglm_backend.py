@@ -109,7 +109,7 @@ def test_sequences_joining_a_running_batch_match_golden(family, backend):
         del waiting[: len(taken)]
         return taken
 
-    backend.generate_continuous([recorders[0].seq], admit)
+    backend.run([recorders[0].seq], admit)
     assert not waiting
     for case, recorder in zip(cases, recorders):
         _check_against_golden(family, case, recorder)
@@ -187,7 +187,7 @@ def test_steady_traffic_does_not_grow_the_cache(family, backend):
 
     backend.model.decode = recording_decode
     try:
-        backend.generate_continuous([recorders[0].seq], admit)
+        backend.run([recorders[0].seq], admit)
     finally:
         backend.model.decode = decode
     assert not waiting and len(lengths) > 40

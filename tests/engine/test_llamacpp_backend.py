@@ -181,6 +181,26 @@ async def test_concurrent_sequences_answer_as_they_do_alone(engine):
     assert [r.usage() for r, _ in together] == [r.usage() for r in alone]
 
 
+async def test_a_request_arriving_mid_answer_starts_at_once(engine):
+    """The backend sleeps while its sequences run (no polling): a newcomer wakes it and takes a
+    free slot at once, so a short answer ends before the long one it arrived behind."""
+    long = engine.submit(user("Count from one to one hundred in words."), GenerationParams(temperature=0, max_new_tokens=160))
+    for _ in range(500):
+        if engine.running_count() == 1:
+            break
+        await asyncio.sleep(0.01)
+    short = engine.submit(user("Say hi."), GenerationParams(temperature=0, max_new_tokens=4))
+    order = []
+
+    async def drain(name, request):
+        async for event in request.events():
+            if isinstance(event, GenerationResult):
+                order.append(name)
+
+    await asyncio.gather(drain("long", long), drain("short", short))
+    assert order == ["short", "long"]
+
+
 @pytest.mark.slow
 async def test_the_follow_up_turn_reuses_the_cached_prompt(engine):
     """Prompt processing of turn 2 evaluates only what turn 1 did not: llama.cpp's counters

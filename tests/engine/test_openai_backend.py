@@ -4,6 +4,7 @@ own server with the fake model (it speaks /v1/chat/completions like vLLM does)."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -13,6 +14,7 @@ from chat.engine.backends import resolve_backend_name
 from chat.engine.backends.openai import OpenAIBackend
 from chat.engine.base import EngineUnavailable, GenerationParams, GenerationResult, TextDelta
 from chat.engine.config import EngineConfig
+from chat.engine.constraints import Constraint, UnsupportedConstraint
 from chat.engine.scheduler import Engine
 from tests.server import free_port
 
@@ -82,6 +84,18 @@ async def test_stop_strings_budget_and_cancellation(upstream):
     engine.stop()
 
 
+async def test_max_length_counts_the_prompt_as_on_every_backend(upstream):
+    """The seed API's max_length is prompt + answer here too (the prompt as this backend
+    estimates it): a limit the prompt alone fills leaves no room for an answer."""
+    engine = engine_for(upstream)
+    prompt = engine.backend.count_prompt_tokens([{"role": "user", "content": "alpha beta gamma"}])
+    text, result = await run(engine, "alpha beta gamma", GenerationParams(max_length=prompt))
+    assert text == "" and result.finish_reason == "length"
+    text, result = await run(engine, "alpha beta gamma", GenerationParams(max_length=prompt + 3))
+    assert result.finish_reason == "length" and 0 < result.completion_tokens <= 3
+    engine.stop()
+
+
 async def test_upstream_failure_mid_stream_is_an_error_result(upstream):
     engine = engine_for(upstream)
     _, result = await run(engine, "[[fake:error]] please")
@@ -127,4 +141,56 @@ def test_the_api_key_wins_over_credentials_in_the_url(upstream):
     assert "hunter2" not in backend.base_url
     engine = Engine(lambda: backend)
     assert engine.wait_ready(30).model_id == "fake"
+    engine.stop()
+
+
+async def test_tool_calls_pass_through(upstream):
+    """Tools, a forced tool_choice, and the call and its result in history reach the upstream;
+    its streamed `tool_calls` come back as calls (the upstream here: the fake model's server)."""
+    engine = engine_for(upstream)
+    tools = [{"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+             {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    messages = [{"role": "system", "content": "", "tools": tools},
+                {"role": "user", "content": '[[fake:call get_weather {"city": "Oslo"}]]'}]
+    result = [e async for e in engine.stream(messages, GenerationParams())][-1]
+    [call] = result.tool_calls
+    assert (call.name, call.arguments, result.text) == ("get_weather", '{"city": "Oslo"}', "")
+    assert call.id.startswith("call_")
+    forced = [e async for e in engine.stream(messages[:1] + [{"role": "user", "content": "hi"}],
+                                             GenerationParams(tool_choice="function:get_weather"))][-1]
+    assert [c.name for c in forced.tool_calls] == ["get_weather"]
+    follow_up = messages + [
+        {"role": "assistant", "content": "", "tool_calls": [call.as_dict()]},
+        {"role": "tool", "content": "sunny", "tool_call_id": call.id, "name": "get_weather"}]
+    events = [e async for e in engine.stream(follow_up, GenerationParams())]
+    assert events[-1].text == "The tool said: sunny" and not events[-1].tool_calls
+    engine.stop()
+
+
+async def test_sampling_parameters_pass_through_and_logprobs_come_back(upstream):
+    """Penalties, logit_bias, seed and logprobs reach the upstream (this project's own server,
+    which validates them: a value it refused would end the answer as an error), and the
+    upstream's logprobs come back lined up with the text."""
+    engine = engine_for(upstream)
+    params = GenerationParams(frequency_penalty=0.5, presence_penalty=0.5, logit_bias=((65, 3.0),), seed=4, logprobs=1)
+    text, result = await run(engine, "你好🙂", params)
+    assert result.finish_reason == "stop" and text == "You said: 你好🙂"
+    assert b"".join(e.bytes for e in result.logprobs).decode() == text
+    assert all(e.logprob == 0.0 and len(e.top) == 1 for e in result.logprobs)
+    _, refused = await run(engine, "hi", GenerationParams(logit_bias=((4 << 24, 1.0),)))  # not in its vocabulary
+    assert refused.finish_reason == "error"
+    engine.stop()
+
+
+async def test_response_format_is_passed_to_the_upstream(upstream):
+    """The upstream (this project's server, fake model) enforces the schema: its answer is the
+    schema's document; a Lark grammar, which an OpenAI API cannot carry, is refused at submit."""
+    engine = engine_for(upstream)
+    schema = {"type": "object", "properties": {"said": {"type": "string"}}, "required": ["said"]}
+    text, result = await run(engine, "hi", GenerationParams(constraint=Constraint.of_schema(schema)))
+    assert json.loads(text) == {"said": "You said: hi"} and result.finish_reason == "stop"
+    text, _ = await run(engine, "hi", GenerationParams(constraint=Constraint.json_object()))
+    assert json.loads(text) == {}
+    with pytest.raises(UnsupportedConstraint):
+        engine.submit([{"role": "user", "content": "hi"}], GenerationParams(constraint=Constraint(lark='start: "a"')))
     engine.stop()

@@ -48,7 +48,7 @@ class SteppingBackend(Backend):
     def count_prompt_tokens(self, messages):
         return 1
 
-    def generate(self, sequences):
+    def run(self, sequences, admit):
         self.threads.add(threading.get_ident())
         self.batches.append(len(sequences))
         for seq in sequences:
@@ -213,7 +213,7 @@ async def test_a_continuous_backend_takes_new_requests_into_the_running_batch():
 
 async def test_a_sequence_the_backend_leaves_unfinished_is_an_error_not_a_complete_answer():
     class Forgetful(SteppingBackend):
-        def generate(self, sequences):
+        def run(self, sequences, admit):
             for seq in sequences:
                 seq.begin(1, IncrementalDetokenizer(lambda ids: "x" * len(ids)), 100)
                 seq.push_token(0)

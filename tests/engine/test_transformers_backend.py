@@ -216,7 +216,7 @@ def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path,
         return [later.pop(0)] if len(calls) in (2, 4) and later else []
 
     joined = [first, *later]
-    backend.generate_continuous([first], admit)
+    backend.run([first], admit)
     assert len(calls) >= 4 and not later
     assert [seq.result.text for seq in joined] == alone
     assert all(seq.result.finish_reason == "length" for seq in joined if seq.result.completion_tokens == 10)
@@ -250,7 +250,7 @@ def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer, monkey
         return [waiting.pop(0)] if waiting and len(calls) % 3 == 0 else []
 
     monkeypatch.setattr(backend_module._KV, "step", recording_step)
-    backend.generate_continuous([sequences[0]], admit)
+    backend.run([sequences[0]], admit)
     assert not waiting and len(lengths) > 40
     longest_prompt = max(backend.count_prompt_tokens([{"role": "user", "content": t}]) for t in texts)
     assert max(lengths) <= longest_prompt + 6 + 1

@@ -87,11 +87,9 @@ async def test_noop_values_are_accepted(engine, async_client):
 
 # Parameters this server does not honour: refused with a 400 naming them, never dropped.
 UNSUPPORTED = [
-    {"frequency_penalty": 0.5}, {"presence_penalty": -1}, {"logprobs": True}, {"top_logprobs": 3},
-    {"logit_bias": {"50256": -100}}, {"n": 2}, {"tools": [{"type": "function", "function": {"name": "f"}}]},
-    {"tool_choice": "required"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+    # Honoured, so not here: tools (tests/views/test_openai_tools.py), the sampling surface
+    # (tests/views/test_openai_sampling.py).
     {"functions": [{"name": "f"}]}, {"function_call": {"name": "f"}},
-    {"response_format": {"type": "json_object"}}, {"response_format": {"type": "json_schema", "json_schema": {}}},
     {"modalities": ["text", "audio"]}, {"audio": {"voice": "alloy"}}, {"service_tier": "flex"},
     {"prediction": {"type": "content", "content": "x"}}, {"reasoning_effort": "low"}, {"verbosity": "low"},
     {"web_search_options": {}}, {"metadata": {"a": "b"}}, {"stream_options": {"include_obfuscation": True}},
@@ -213,7 +211,17 @@ INVALID = [
     ({"stop": 5}, "stop"),
     ({"stop": ["ok", 1]}, "stop"),
     ({"n": "1"}, "n"),
-    ({"n": 2}, "n"),
+    ({"n": 0}, "n"),
+    ({"n": 9}, "n"),  # past the server's MAX_CHOICES
+    ({"frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"presence_penalty": "x"}, "presence_penalty"),
+    ({"logprobs": "yes"}, "logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),  # needs logprobs: true
+    ({"logit_bias": [1]}, "logit_bias"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"logit_bias": {"65": 101}}, "logit_bias"),
+    ({"logit_bias": {str(4 << 24): 1}}, "logit_bias"),  # not in the (fake) model's vocabulary
     ({"seed": "x"}, "seed"),
     ({"user": 5}, "user"),
     ({"stream_options": "x"}, "stream_options"),

@@ -107,7 +107,7 @@ def test_errors(server):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}], n=9)
     assert caught.value.param == "n"
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="fake", messages=[])
@@ -184,3 +184,24 @@ def test_the_default_model_through_the_official_client(servers, default_model_di
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == completion.choices[0].message.content  # greedy by default: the same answer
     assert "\ufffd" not in text and chunks[-1].usage.completion_tokens > 0
+
+
+def test_sampling_surface_through_the_sdk(server):
+    """n choices, logprobs, penalties, logit_bias and a seed, as the official client sends and reads them."""
+    client = client_for(server)
+    answer = client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "héllo"}], n=2, seed=3, logprobs=True, top_logprobs=1,
+        frequency_penalty=0.5, presence_penalty=0.5, logit_bias={"65": -5})
+    assert [c.index for c in answer.choices] == [0, 1]
+    for choice in answer.choices:
+        assert b"".join(bytes(t.bytes) for t in choice.logprobs.content).decode() == choice.message.content
+        assert all(len(t.top_logprobs) == 1 for t in choice.logprobs.content)
+    stream = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "héllo"}], n=2,
+                                            logprobs=True, stream=True)
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {0: answer.choices[0].message.content, 1: answer.choices[1].message.content}
+    legacy = client.completions.create(model="fake", prompt="héllo", logprobs=2, max_tokens=40)
+    assert legacy.choices[0].logprobs.text_offset[0] == 0

@@ -85,7 +85,7 @@ def test_previous_response_id_continues_the_stored_conversation(client):
 
 @pytest.mark.parametrize("extra, param", [
     ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-    ({"text": {"format": {"type": "json_object"}}}, "text"),
+    ({"text": {"verbosity": "low"}}, "text"),
     ({"reasoning": {"effort": "high"}}, "reasoning"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
     ({"background": True}, "background"),

@@ -57,7 +57,7 @@ def create_backend(config: EngineConfig) -> Backend:
     if name == "fake":
         from .fake import FakeBackend
 
-        return FakeBackend.from_env()
+        return FakeBackend.from_config(config)
     if name == "llamacpp":
         from .llamacpp import LlamaCppBackend
 

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import torch
 
-from ..base import Backend, Message, ModelInfo, Sequence
+from .. import grammar
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher
 from ..config import EngineConfig
+from ..constraints import Constraint
 from ..models.chatglm import ChatGLMBase, DecodeBatch
 from ..models.chatglm_tokenizer import ChatGLMTokenizer
 from ..models.loading import load_model
 from ..sampling import SamplingConfig
+from ..tools import chatglm3_messages, chatglm3_parser, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ class ChatGLMBackend(Backend):
         self.max_batch_size = config.max_batch_size
         self.model: ChatGLMBase | None = None
         self.tokenizer: ChatGLMTokenizer | None = None
+        self._vocabulary = grammar.LazyVocabulary(
+            lambda width: grammar.Vocabulary.of_chatglm(self._loaded()[1], width))
 
     def load(self) -> None:
         self.model, self.tokenizer = load_model(self.checkpoint_dir, self.config.torch_device, self.config.quantize)
@@ -52,7 +57,7 @@ class ChatGLMBackend(Backend):
 
     @property
     def info(self) -> ModelInfo:
-        model, _ = self._loaded()
+        model, tokenizer = self._loaded()
         return ModelInfo(
             model_id=self.checkpoint_dir.resolve().name,
             backend="chatglm",
@@ -61,6 +66,7 @@ class ChatGLMBackend(Backend):
             dtype=str(model.embedding_weight.dtype).removeprefix("torch."),
             quantize=self.config.quantize if self.config.quantize != 16 else None,
             source=f"{self.checkpoint_dir} (ChatGLM {model.config.family})",
+            vocab_size=tokenizer.vocab_size,
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
@@ -70,26 +76,40 @@ class ChatGLMBackend(Backend):
 
     def _prompt(self, messages: list[Message]) -> list[int]:
         _, tokenizer = self._loaded()
+        if tokenizer.family == "v3":
+            messages = chatglm3_messages(messages)  # tools, calls and results in ChatGLM3's own format
         return tokenizer.build_prompt(messages)
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        _, tokenizer = self._loaded()
+        if tokenizer.family != "v3":
+            return f"ChatGLM {tokenizer.family} has no tool-calling format (ChatGLM3 has)"
+        if params.tool_choice is not None:
+            return ("a forced 'tool_choice' ('required' or a named function) needs constrained decoding, which this "
+                    "backend does not have yet; send 'auto'")
+        return None
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams):
+        names = tool_names(messages)
+        return chatglm3_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
     def _loaded(self) -> tuple[ChatGLMBase, ChatGLMTokenizer]:
         if self.model is None or self.tokenizer is None:
             raise RuntimeError("the ChatGLM backend is not loaded")
         return self.model, self.tokenizer
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
+    def check_constraint(self, constraint: Constraint) -> None:
+        grammar.grammar_of(constraint)
 
-    def generate_continuous(self, sequences: list[Sequence], admit) -> None:
+    def run(self, sequences: list[Sequence], admit) -> None:
         """Decode the batch step by step; between steps, sequences that arrived since are
         prefilled and merged into it (continuous batching)."""
         model, tokenizer = self._loaded()
         batcher = ContinuousBatcher(
             prompt=self._prompt, decoder=tokenizer.stream_decoder, prefill=self._prefill,
-            eos_ids=tokenizer.eos_token_ids, context_length=model.config.context_length,
-            default_max_new_tokens=self.default_max_new_tokens(),
+            eos_ids=tokenizer.eos_token_ids, budget=self.token_budget,
             sampling_defaults=FAMILY_SAMPLING[model.config.family], max_batch_size=self.max_batch_size,
-            device=model.device,
+            device=model.device, token_text=tokenizer.token_text, vocabulary=self._vocabulary,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)

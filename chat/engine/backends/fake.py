@@ -6,20 +6,41 @@ model. `CHATGLM_FAKE_DELAY_MS` sets the time of a decode step (a fixed cadence: 
 tokens/s per stream). A user message that contains `[[fake:error]]` makes the "model" raise
 halfway through, to test failures mid-stream; one that contains `[[fake:prompt]]` makes it
 answer with the whole prompt it received (each message as `role: content`, joined by ` | `),
-to test which history reaches the model. It decodes sequences in batches that new requests
+to test which history reaches the model. With a JSON Schema constraint (response_format) it
+answers the smallest document of that schema whose strings are the echo (see `example_of`);
+it refuses Lark grammars. It decodes sequences in batches that new requests
 join between steps (continuous batching).
+
+Tools: offered tools make it call them in GLM-4's syntax (`NAME\n{arguments}`, parsed back by
+the same streaming parser as GLM-4's), so the serving path of tool calls is testable end to
+end. A user message with `[[fake:call NAME ARGUMENTS]]` (ARGUMENTS: the JSON text of the
+arguments, written as the model's output, so invalid JSON tests that path) answers with that
+call, one per marker; `tool_choice` "required" or a named function without a marker calls the
+first offered tool (or the named one) with `{}`. After a tool's result (the last message is a
+`tool` message) it answers `The tool said: <the result>`.
+
+Its sampling parameters are honoured as a model whose every step is certain would honour
+them: each answer token has probability 1 (logprob 0, and it is its step's only candidate:
+`top_logprobs` lists it alone); no penalty or finite bias can move a certainty, so the answer
+is the same for every temperature, penalty, bias and seed, and the n choices of a request are
+equal.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import re
 import time
 
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
+from ..config import EngineConfig
+from ..constraints import Constraint, UnsupportedConstraint, grammar_of
 from ..detokenize import IncrementalDetokenizer
+from ..tools import SEGMENT, glm4_parser, tool_names
 
 ERROR_TRIGGER = "[[fake:error]]"
 PROMPT_TRIGGER = "[[fake:prompt]]"
+CALL_TRIGGER = re.compile(r"\[\[fake:call (\S+) (.*?)\]\](?!\])")
 
 
 def encode(text: str) -> list[int]:
@@ -46,12 +67,9 @@ class FakeBackend(Backend):
         self.max_batch_size = max_batch_size
 
     @classmethod
-    def from_env(cls) -> FakeBackend:
-        return cls(
-            delay=float(os.environ.get("CHATGLM_FAKE_DELAY_MS", "0") or 0) / 1000,
-            context_length=int(os.environ.get("CHATGLM_FAKE_CONTEXT", "4096") or 4096),
-            max_batch_size=int(os.environ.get("CHATGLM_MAX_BATCH", "8") or 8),
-        )
+    def from_config(cls, config: EngineConfig) -> FakeBackend:
+        return cls(delay=config.fake_delay_ms / 1000, context_length=config.fake_context,
+                   max_batch_size=config.max_batch_size)
 
     def load(self) -> None:
         pass
@@ -60,23 +78,46 @@ class FakeBackend(Backend):
     def info(self) -> ModelInfo:
         return ModelInfo(
             model_id="fake", backend="fake", device="cpu", context_length=self.context_length,
-            source="built in (test double)",
+            source="built in (test double)", vocab_size=4 << 24,  # ids: (length << 24) | bytes
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return sum(len(encode(m["content"])) + 2 for m in messages)
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The fake model follows JSON Schemas only, not Lark grammars.")
+        grammar_of(constraint)  # refuses what the real backends' grammar engine refuses
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        return None  # every tool_choice is honoured (see the module docstring)
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams):
+        names = tool_names(messages)
+        return glm4_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
+
     @staticmethod
-    def reply_to(messages: list[Message]) -> str:
+    def reply_to(messages: list[Message], params: GenerationParams = GenerationParams()) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if PROMPT_TRIGGER in last_user:
-            return "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
-        return f"You said: {last_user}"
+            reply = "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
+        else:
+            reply = f"You said: {last_user}"
+            names = tool_names(messages)
+            if names and messages[-1]["role"] == "tool":
+                reply = f"The tool said: {messages[-1]['content']}"
+            elif names:
+                calls = [f"{name}\n{arguments}" for name, arguments in CALL_TRIGGER.findall(last_user)]
+                if not calls and params.tool_choice:
+                    forced = params.tool_choice.removeprefix("function:")
+                    calls = [f"{names[0] if forced == 'required' else forced}\n{{}}"]
+                if calls:
+                    return SEGMENT.join(calls)
+        if params.constraint is not None:
+            return json.dumps(example_of(json.loads(params.constraint.json_schema), reply), ensure_ascii=False)
+        return reply
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
-
-    def generate_continuous(self, sequences, admit) -> None:
+    def run(self, sequences, admit) -> None:
         """Decode step by step; between steps, new sequences join the batch (each has its own
         position in its answer, as in a real continuous-batching engine)."""
         plans = [self._plan(seq) for seq in sequences]
@@ -99,17 +140,53 @@ class FakeBackend(Backend):
                 if step >= len(ids):
                     seq.finish("stop")
                 else:
-                    seq.push_token(ids[step])
+                    seq.push_token(ids[step], self._logprob(seq, ids[step]))
                     plan[2] += 1
+
+    @staticmethod
+    def _logprob(seq: Sequence, token_id: int) -> TokenLogprob | None:
+        if seq.params.logprobs is None:
+            return None
+        raw = (token_id & 0xFFFFFF).to_bytes(token_id >> 24, "big")
+        text = raw.decode("utf-8", errors="replace")
+        return TokenLogprob(text, raw, 0.0, (TopLogprob(text, raw, 0.0),) if seq.params.logprobs else ())
 
     def _plan(self, seq: Sequence) -> list:
         """[sequence, the answer's token ids, the next step]."""
         prompt_tokens = self.count_prompt_tokens(seq.messages)
-        budget = seq.params.max_new_tokens or self.default_max_new_tokens()
-        if seq.params.max_length:
-            budget = min(budget, seq.params.max_length - prompt_tokens)
-        budget = min(budget, self.context_length - prompt_tokens)  # as a real model's context would
-        seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)
-        if budget <= 0:
-            seq.finish("length")
-        return [seq, encode(self.reply_to(seq.messages)), 0]
+        budget = self.token_budget(seq.params, prompt_tokens)
+        seq.begin(prompt_tokens, IncrementalDetokenizer(decode), budget)  # no budget: finished already
+        return [seq, encode(self.reply_to(seq.messages, seq.params)), 0]
+
+
+def example_of(schema: dict, text: str, root: dict | None = None):
+    """A small document valid against the common JSON Schema keywords (type, properties,
+    required, items, minItems, enum, const, minimum, anyOf/oneOf/allOf, local $ref), with
+    `text` for its strings: the fake model's structured answer."""
+    root = root if root is not None else schema
+    if "$ref" in schema and schema["$ref"].startswith("#/"):
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        return example_of(target, text, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example_of(schema[key][0], text, root)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        return {name: example_of(sub, text, root) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [example_of(schema.get("items", {}), text, root) for _ in range(schema.get("minItems", 1))]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text

@@ -30,6 +30,7 @@ import collections
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -38,16 +39,18 @@ from pathlib import Path
 import httpx
 
 from ..control_tokens import ControlTokens
-from ..base import Backend, Message, ModelInfo, Sequence
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
+from ..constraints import Constraint, grammar_of
+from ..tools import CallAssembler, openai_messages
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.002  # while slots are free, how often the engine queue is looked at
 PROMPT_CACHE_MIB = 1024  # llama.cpp's RAM cache of idle slots' prompts (its default is 8 GiB)
 # Sampler order of the project's own sampling (sampling.py): penalty, temperature, top-k, top-p.
 SAMPLERS = ["penalties", "temperature", "top_k", "top_p"]
 COUNT_MEMO = 256  # prompts whose token counts are remembered
+IMPOSSIBLE = -9999.0  # OpenAI's logprob of a token that cannot be drawn (as sampling.py writes it)
 MAX_SEED = 0xFFFFFFFF  # llama.cpp seeds are uint32, and this one means "random"
 
 
@@ -110,12 +113,12 @@ def gguf_context_length(path: Path) -> int:
     return int(header[key])
 
 
-def gguf_control_tokens(path: Path) -> ControlTokens:
+def gguf_control_tokens(path: Path) -> tuple[ControlTokens, int]:
     """The tokens llama.cpp would parse out of a message's text (control and user-defined
-    ones, such as `<|im_end|>`): only the chat template may place them."""
+    ones, such as `<|im_end|>`): only the chat template may place them; and the vocabulary's size."""
     header = read_gguf_header(path, lambda key: key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"))
     tokens, types = header.get("tokenizer.ggml.tokens") or [], header.get("tokenizer.ggml.token_type") or []
-    return ControlTokens(t for t, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED))
+    return ControlTokens(t for t, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED)), len(tokens)
 
 
 def has_gpu() -> bool:
@@ -140,12 +143,14 @@ class LlamaCppBackend(Backend):
         self.model_id = ""
         self.source = ""
         self.context_length = 0  # tokens of one slot: one conversation's prompt and answer
-        self._ended = threading.Event()  # a sequence's thread ended
+        self._wakeup = threading.Event()  # a sequence's thread ended, or a request arrived
         self._counts: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._counts_lock = threading.Lock()
         self.sampling_defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.1}
         self.chatglm_family: str | None = None  # "v2"/"v3" for a converted ChatGLM checkpoint
         self.control_tokens = ControlTokens(())
+        self.vocab_size: int | None = None
+        self.tools_missing: str | None = "not loaded"  # why this model cannot take tools (None: it can)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -175,7 +180,8 @@ class LlamaCppBackend(Backend):
 
         gguf = self._gguf()
         trained = gguf_context_length(gguf)
-        self.control_tokens = gguf_control_tokens(gguf)
+        self.control_tokens, self.vocab_size = gguf_control_tokens(gguf)
+        self.tools_missing = gguf_tools_missing(gguf)
         self.context_length = min(trained, self.config.context) if self.config.context else trained
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf)
@@ -224,6 +230,7 @@ class LlamaCppBackend(Backend):
             model_id=self.model_id, backend="llamacpp", device="cpu" if self.config.device < 0 else f"gpu:{self.config.device}",
             context_length=self.context_length, dtype="gguf",
             quantize=self.config.quantize if self.config.quantize != 16 else None, source=self.source,
+            vocab_size=self.vocab_size,
         )
 
     # -- prompts ------------------------------------------------------------------------------
@@ -233,13 +240,13 @@ class LlamaCppBackend(Backend):
         parse_special). Remembered for the last few prompts: the history fitting of a turn
         counts the very messages that generation then counts again, on its critical path.
         Safe from any thread (httpx.Client is; the memo has a lock)."""
-        messages = self.control_tokens.defuse_messages(messages)  # as generation sends them
-        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
+        request = openai_messages(self.control_tokens.defuse_messages(messages))  # as generation sends them
+        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
         with self._counts_lock:
             if key in self._counts:
                 self._counts.move_to_end(key)
                 return self._counts[key]
-        response = self._http.post("/apply-template", json={"messages": messages})
+        response = self._http.post("/apply-template", json=request)
         response.raise_for_status()
         response = self._http.post("/tokenize", json={"content": response.json()["prompt"],
                                                       "add_special": True, "parse_special": True})
@@ -266,24 +273,40 @@ class LlamaCppBackend(Backend):
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
+    def check_constraint(self, constraint: Constraint) -> None:
+        # This xllamacpp build compiles JSON Schemas and "%llguidance" grammars with llguidance
+        # (xllamacpp.json_schema_to_grammar says "%llguidance ... %json"): the same check.
+        grammar_of(constraint)
 
-    def generate_continuous(self, sequences, admit) -> None:
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        if self.tools_missing is not None:
+            return self.tools_missing
+        if params.tool_choice is not None:
+            # llama.cpp's grammar for a forced call lets text come first and takes any JSON
+            # object as the arguments (measured on its parser of a Hermes-style template): the
+            # call is not guaranteed within the budget, nor its arguments to the schema.
+            return ("llama.cpp does not force a call whose arguments follow the tool's schema; send 'auto', or serve "
+                    "the model with the transformers backend")
+        return None
+
+    def run(self, sequences, admit) -> None:
         """One thread per sequence, each inside llama.cpp's blocking call; newcomers are admitted
         while slots are free. Returns when every sequence has ended."""
         threads = [self._start(seq) for seq in sequences]
         while True:
-            self._ended.clear()
+            self._wakeup.clear()
             threads = [t for t in threads if t.is_alive()]
             room = self.max_batch_size - len(threads)
             if room > 0:
                 threads += [self._start(seq) for seq in admit(room)]
             if not threads:
                 return
-            # Woken at once when a sequence ends; while slots are free, also every POLL_SECONDS
-            # to take newcomers (the engine's queue has no wake-up hook for a running backend).
-            self._ended.wait(POLL_SECONDS if len(threads) < self.max_batch_size else None)
+            # Sleeps until a sequence ends or a request arrives (wake()): no polling beside
+            # llama.cpp's own threads.
+            self._wakeup.wait()
+
+    def wake(self) -> None:
+        self._wakeup.set()
 
     def _start(self, seq: Sequence) -> threading.Thread:
         thread = threading.Thread(target=self._run, args=(seq,), name="llamacpp-sequence", daemon=True)
@@ -297,20 +320,13 @@ class LlamaCppBackend(Backend):
             log.exception("llama.cpp generation failed")
             seq.finish("error", error=f"the model failed ({type(exc).__name__})")
         finally:
-            self._ended.set()
+            self._wakeup.set()
 
     def _generate_one(self, seq: Sequence) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)
-        budget = min(
-            seq.params.max_new_tokens or self.default_max_new_tokens(),
-            (seq.params.max_length or self.context_length) - prompt_tokens,
-            self.context_length - prompt_tokens,
-        )
-        if budget <= 0:
-            seq.begin(prompt_tokens, None, budget)
-            seq.finish("length")
+        budget = self.token_budget(seq.params, prompt_tokens)
+        if not seq.begin(prompt_tokens, None, budget):
             return
-        seq.begin(prompt_tokens, None, budget)
         stream = _Stream(seq, self._text_stages())
         self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
         if seq.finished:  # stop string, budget or cancellation, seen by the Sequence
@@ -348,7 +364,11 @@ class LlamaCppBackend(Backend):
             temperature, top_p, top_k = 0.0, 1.0, 0
         body = {
             # A user's `<|im_end|>` stays text: llama.cpp parses special tokens in the whole prompt.
-            "messages": self.control_tokens.defuse_messages(seq.messages), "stream": True, "max_tokens": budget,
+            # Tools, earlier calls and results in OpenAI's shape: llama.cpp renders them with the
+            # model's jinja template and parses the answer's calls itself (its `tool_calls` deltas).
+            **openai_messages(self.control_tokens.defuse_messages(seq.messages), p.tool_choice,
+                              p.parallel_tool_calls),
+            "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True}, "timings_per_token": True,
             "cache_prompt": True, "reasoning_format": "none",
             "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": 0.0, "typical_p": 1.0,
@@ -356,10 +376,27 @@ class LlamaCppBackend(Backend):
             "repeat_last_n": self.context_length,  # the whole context, as transformers applies the penalty
             "samplers": SAMPLERS,
         }
+        if p.frequency_penalty or p.presence_penalty:  # llama.cpp's penalties sampler, with the repetition penalty
+            body["frequency_penalty"], body["presence_penalty"] = p.frequency_penalty or 0.0, p.presence_penalty or 0.0
+        if p.logit_bias:
+            body["logit_bias"] = [[token, bias] for token, bias in p.logit_bias]
+        if p.logprobs is not None:
+            # llama.cpp returns none with top_logprobs 0: one is asked for and not passed on.
+            # A sampled answer's probabilities are those after its sampler chain (the
+            # distribution drawn from); a greedy one's would all be 1, so it gets the model's own
+            # softmax (before penalties and bias) instead (docs/sampling.md).
+            body.update(logprobs=True, top_logprobs=max(1, p.logprobs), post_sampling_probs=temperature > 0)
+        if "tools" in body:
+            body["parallel_tool_calls"] = p.parallel_tool_calls is not False  # llama.cpp's default is false
         if p.seed is not None:
             body["seed"] = p.seed % MAX_SEED
         if p.stop:
             body["stop"] = list(p.stop)  # llama.cpp stops early; the Sequence still cuts the text
+        if p.constraint is not None and p.constraint.json_schema is not None:
+            # llama.cpp samples under the schema's grammar (EOS only where it is complete).
+            body["json_schema"] = json.loads(p.constraint.json_schema)
+        elif p.constraint is not None:  # this build has llguidance: its Lark, as the torch path
+            body["grammar"] = "%llguidance {}\n" + p.constraint.lark
         return body
 
 
@@ -375,6 +412,7 @@ class _Stream:
         self.usage: dict | None = None
         self.error: object = None
         self.failure: Exception | None = None
+        self.calls = CallAssembler()
 
     def on_chunk(self, chunk: dict) -> bool:
         """Return True to end the request (llama.cpp cancels it before its next step)."""
@@ -392,14 +430,18 @@ class _Stream:
                           timings.get("cache_n", 0), timings["prompt_n"], timings.get("prompt_ms", 0))
             self.usage = chunk.get("usage") or self.usage
             for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text:
+                delta = choice.get("delta") or {}
+                for part in delta.get("tool_calls") or []:
+                    self.calls.add(part)
+                text = delta.get("content") or ""
+                logprobs = self._logprobs(choice.get("logprobs"))
+                if text or logprobs or delta.get("tool_calls"):
                     generated = timings.get("predicted_n", self.counted + 1)
                     tokens, self.counted = generated - self.counted, generated
                     # The answer's last token (the Sequence ends it on its budget): the stages
                     # give up what they hold now, or it would be lost.
                     text = self._staged(text, last=seq.completion_tokens + tokens >= seq.max_new_tokens)
-                    if not seq.push_text(text, tokens):
+                    if not seq.push_text(text, tokens, logprobs):
                         return True
                 self.reason = choice.get("finish_reason") or self.reason
             return seq.cancelled
@@ -408,16 +450,73 @@ class _Stream:
             return True
 
 
+    def _logprobs(self, data: dict | None) -> list[TokenLogprob]:
+        """llama.cpp's tokens of a chunk: `logprob`s, or `prob`s after its sampler chain."""
+        wanted = self.seq.params.logprobs
+        if wanted is None or not data:
+            return []
+
+        def candidate(item: dict) -> TopLogprob:
+            logprob = item["logprob"] if "logprob" in item else _log(item["prob"])
+            raw = bytes(item.get("bytes") or b"")
+            return TopLogprob(raw.decode("utf-8", errors="replace"), raw, logprob)
+
+        return [
+            TokenLogprob(**vars(candidate(item)),
+                         top=tuple(candidate(t) for t in (item.get("top_logprobs") or item.get("top_probs") or [])[:wanted]))
+            for item in data.get("content") or []
+        ]
+
     def _staged(self, text: str, last: bool) -> str:
         for stage in self.stages:
             text = stage.feed(text) + (stage.flush() if last else "")
         return text
 
     def flush(self) -> None:
-        """The text the stages held back, at the natural end of the answer."""
+        """The text the stages held back, and the calls, at the natural end of the answer."""
         text = self._staged("", last=True)
+        calls, broken = self.calls.finish()
+        text += ("\n" if text and broken else "") + broken
         if text:
             self.seq.push_text(text, 0)
+        self.seq.tool_calls += calls
+
+
+TOOL_SENTINEL = "chatglm_django_tool_probe"
+
+
+def gguf_tools_missing(path: Path) -> str | None:
+    """Why this GGUF's chat template cannot take tools (None: it can). As llama.cpp's own probe
+    does: a template takes tools when rendering one puts its name in the prompt. A template
+    without tools would get llama.cpp's generic JSON format, which the model was never taught.
+    The GLM families converted here answer calls in their own formats, which llama.cpp does not
+    parse: the chatglm and transformers backends serve their tools."""
+    header = read_gguf_header(path, lambda key: key in ("general.architecture", "tokenizer.chat_template"))
+    if header.get("general.architecture") in ("chatglm", "glm4"):
+        return ("a GLM checkpoint's tool-call format is served by the chatglm (ChatGLM3) and transformers (GLM-4) "
+                "backends, not by llama.cpp")
+    template = header.get("tokenizer.chat_template") or ""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ValueError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+        env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+        tool = {"type": "function", "function": {"name": TOOL_SENTINEL, "description": "",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        prompt = env.from_string(template).render(messages=[{"role": "user", "content": "Hi"}], tools=[tool],
+                                                  add_generation_prompt=True, bos_token="", eos_token="")
+    except Exception as exc:  # noqa: BLE001 - a template the probe cannot render is one without tools here
+        log.info("the chat template's tool support could not be probed: %s", exc)
+        prompt = ""
+    return None if TOOL_SENTINEL in prompt else "its chat template has no tool-calling section"
+
+
+def _log(prob: float) -> float:
+    return math.log(prob) if prob > 0 else IMPOSSIBLE
 
 
 def _chatglm_family(directory: Path) -> str | None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 
 import httpx
 
-from ..base import Backend, EngineUnavailable, Message, ModelInfo, Sequence
+from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
 from ..config import EngineConfig
+from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
+from ..tools import CallAssembler, openai_messages
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class OpenAIBackend(Backend):
             # httpx turns URL credentials into a Basic Authorization header that replaced the
             # Bearer key; CHATGLM_UPSTREAM_API_KEY, the explicit setting, wins (README).
             self.base_url = _without_credentials(self.base_url)
-        self.model = os.environ.get("CHATGLM_UPSTREAM_MODEL", "").strip()
+        self.model = config.upstream_model
         self.max_batch_size = max(config.max_batch_size, config.max_queue)
         self.context_length = 8192
 
@@ -83,12 +84,16 @@ class OpenAIBackend(Backend):
         )
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
-        return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages)
+        return sum(_chars(m) // CHARS_PER_TOKEN + 4 for m in messages)
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        return None  # passed through: the upstream renders, constrains and parses the calls
 
-    def generate_continuous(self, sequences, admit) -> None:
+    def check_constraint(self, constraint: Constraint) -> None:
+        if constraint.json_schema is None:
+            raise UnsupportedConstraint("The upstream model server takes JSON Schemas only, not Lark grammars.")
+
+    def run(self, sequences, admit) -> None:
         asyncio.run(self._run(sequences, admit))
 
     async def _run(self, sequences: list[Sequence], admit) -> None:
@@ -106,17 +111,28 @@ class OpenAIBackend(Backend):
                     tasks[asyncio.create_task(self._complete(client, seq))] = seq
 
     async def _complete(self, client: httpx.AsyncClient, seq: Sequence) -> None:
-        budget = min(seq.params.max_new_tokens or self.default_max_new_tokens(), self.context_length)
+        prompt_tokens = self.count_prompt_tokens(seq.messages)
+        budget = self.token_budget(seq.params, prompt_tokens)
         # The upstream ends the answer at max_tokens itself; the local budget is one more (a
         # chunk carries at least one token), so the stream is read on to its usage chunk, which
         # comes after the last text, instead of being closed on the budget's last chunk.
-        seq.begin(self.count_prompt_tokens(seq.messages), None, budget + 1)
+        if not seq.begin(prompt_tokens, None, budget + 1 if budget > 0 else 0):
+            return
         body = {
-            "model": self.model, "messages": seq.messages, "stream": True, "max_tokens": budget,
+            "model": self.model, "stream": True, "max_tokens": budget,
             "stream_options": {"include_usage": True},
             **{k: v for k, v in (("temperature", seq.params.temperature), ("top_p", seq.params.top_p),
-                                 ("seed", seq.params.seed)) if v is not None},
+                                 ("seed", seq.params.seed), ("frequency_penalty", seq.params.frequency_penalty),
+                                 ("presence_penalty", seq.params.presence_penalty)) if v is not None},
+            **openai_messages(seq.messages, seq.params.tool_choice, seq.params.parallel_tool_calls),
         }
+        if seq.params.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in seq.params.logit_bias}
+        if seq.params.logprobs is not None:  # the upstream's own logprobs, passed back as they come
+            body.update(logprobs=True, top_logprobs=seq.params.logprobs)
+        calls = CallAssembler()
+        if seq.params.constraint is not None:
+            body["response_format"] = upstream_format(seq.params.constraint)
         upstream_reason = reported_tokens = None
         held = ""  # a high surrogate that ended a chunk, waiting for its other half
         try:
@@ -138,11 +154,14 @@ class OpenAIBackend(Backend):
                         seq.prompt_tokens = chunk["usage"].get("prompt_tokens", seq.prompt_tokens)
                         reported_tokens = chunk["usage"].get("completion_tokens")
                     for choice in chunk.get("choices") or []:
+                        for part in (choice.get("delta") or {}).get("tool_calls") or []:
+                            calls.add(part)
                         text = (choice.get("delta") or {}).get("content") or ""
                         if not isinstance(text, str):
                             raise TypeError(f"delta content of type {type(text).__name__}")
                         text, held = _whole_characters(held + text)
-                        if text and not seq.push_text(text):
+                        logprobs = _logprobs(choice.get("logprobs")) if seq.params.logprobs is not None else []
+                        if (text or logprobs) and not seq.push_text(text, 1 if text else 0, logprobs):
                             return  # stop string, budget or cancellation: closing aborts upstream
                         upstream_reason = choice.get("finish_reason") or upstream_reason
             if upstream_reason is None:  # every OpenAI stream ends with a finish_reason: this one was cut
@@ -151,12 +170,41 @@ class OpenAIBackend(Backend):
                 seq.push_text(held, tokens=0)  # a lone half at the very end (Sequence makes it U+FFFD)
             if reported_tokens is not None:
                 seq.completion_tokens = reported_tokens
+            tool_calls, broken = calls.finish()
+            if broken:
+                seq.push_text(broken, tokens=0)
+            seq.tool_calls += tool_calls
             seq.finish("length" if upstream_reason == "length" else "stop")
         except asyncio.CancelledError:
             seq.finish("cancelled")
         except Exception as exc:  # noqa: BLE001 - a broken stream or an odd chunk ends this answer only
             log.warning("upstream request failed: %s: %s", type(exc).__name__, str(exc)[:LOG_DETAIL_CHARS])
             seq.finish("error", error=_exception_error(exc))
+
+
+def _chars(message: Message) -> int:
+    """The characters a message takes, its tools and tool calls (as JSON) included."""
+    extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+    return len(message["content"]) + (len(json.dumps(extra, ensure_ascii=False)) if extra else 0)
+
+
+def upstream_format(constraint: Constraint) -> dict:
+    """The constraint as the upstream's own `response_format`: the server enforces it."""
+    if constraint.json_schema == JSON_OBJECT_SCHEMA:
+        return {"type": "json_object"}
+    return {"type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(constraint.json_schema), "strict": True}}
+
+
+def _logprobs(data: dict | None) -> list[TokenLogprob]:
+    """An OpenAI chunk's `logprobs.content` entries (bytes as given, else the token's UTF-8)."""
+
+    def candidate(item: dict) -> TopLogprob:
+        raw = bytes(item["bytes"]) if item.get("bytes") is not None else str(item["token"]).encode()
+        return TopLogprob(str(item["token"]), raw, float(item["logprob"]))
+
+    return [TokenLogprob(**vars(candidate(item)), top=tuple(candidate(t) for t in item.get("top_logprobs") or []))
+            for item in (data or {}).get("content") or []]
 
 
 def _status_error(status: int) -> str:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
-from .. import control_tokens
-from ..base import Backend, Message, ModelInfo, Sequence
+from .. import control_tokens, grammar
+from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
 from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
-from ..detokenize import IncrementalDetokenizer
+from ..constraints import Constraint
+from ..detokenize import IncrementalDetokenizer, piece_bytes
 from ..sampling import SamplingConfig
+from ..tools import glm4_parser, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class TransformersBackend(Backend):
         self.dtype = torch.float32 if config.device < 0 else torch.float16
         self.model = None
         self.tokenizer = None
+        self._vocabulary = grammar.LazyVocabulary(
+            lambda width: grammar.Vocabulary.of_hf(self.tokenizer, width, self.eos_ids))
         self._control_tokens = None
         self.eos_ids: set[int] = set()
         self.sampling_defaults = SamplingConfig()
@@ -78,6 +82,8 @@ class TransformersBackend(Backend):
             self.tokenizer.chat_template = FALLBACK_TEMPLATE
         self.eos_ids = self._eos_ids()
         self._fast_decode = self._token_decoder()
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._byte_level = "ByteLevel" in repr(getattr(backend, "decoder", None))
         self.sampling_defaults = self._sampling_defaults()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
 
@@ -130,6 +136,7 @@ class TransformersBackend(Backend):
             model_id=self.model_id, backend="transformers", device=str(self.device),
             context_length=self.context_length, dtype=str(self.dtype).removeprefix("torch."),
             quantize=self.config.quantize if self.config.quantize != 16 else None, source=self.source,
+            vocab_size=int(self.model.config.vocab_size) if self.model is not None else None,
         )
 
     # -- prompts ------------------------------------------------------------------------------
@@ -137,12 +144,31 @@ class TransformersBackend(Backend):
     def _prompt_ids(self, messages: list[Message]) -> list[int]:
         if self._control_tokens is None:  # a user's "<|im_end|>" is text, not the token
             self._control_tokens = control_tokens.of_tokenizer(self.tokenizer)
+        messages, tools = glm4_messages(messages)
         messages = self._control_tokens.defuse_messages(messages)
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        extra = {"tools": tools} if tools else {}
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
     def count_prompt_tokens(self, messages: list[Message]) -> int:
         return len(self._prompt_ids(messages))
+
+    def _glm4_tools(self) -> bool:
+        """GLM-4 checkpoints whose chat template renders `tools` (its `NAME\n{arguments}` calls)."""
+        model_type = getattr(self.model.config, "model_type", "")
+        return model_type in ("glm", "glm4", "chatglm") and "tools" in (self.tokenizer.chat_template or "")
+
+    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+        if not self._glm4_tools():
+            return "its chat template has no tool-calling format this server reads (GLM-4's has)"
+        if params.tool_choice is not None:
+            return ("a forced 'tool_choice' ('required' or a named function) needs constrained decoding, which this "
+                    "backend does not have yet; send 'auto'")
+        return None
+
+    def tool_parser(self, messages: list[Message], params: GenerationParams):
+        names = tool_names(messages)
+        return glm4_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -165,6 +191,16 @@ class TransformersBackend(Backend):
             return lambda ids: rust.decode(ids, skip_special_tokens=True)
         return self._decode
 
+    def _token_text(self, token_id: int) -> tuple[str, bytes]:
+        """One token's text (as it reads inside an answer) and exact bytes, for logprobs."""
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:  # an id of the model's padded vocabulary past the tokenizer's
+            return "", b""
+        if token_id in self.tokenizer.all_special_ids:
+            return piece, piece.encode()
+        raw = piece_bytes(piece, self._byte_level)
+        return raw.decode("utf-8", errors="replace"), raw
+
     def clear_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -172,18 +208,18 @@ class TransformersBackend(Backend):
 
     # -- decoding -----------------------------------------------------------------------------
 
-    def generate(self, sequences: list[Sequence]) -> None:
-        self.generate_continuous(sequences, lambda limit: [])
+    def check_constraint(self, constraint: Constraint) -> None:
+        grammar.grammar_of(constraint)
 
-    def generate_continuous(self, sequences: list[Sequence], admit) -> None:
+    def run(self, sequences: list[Sequence], admit) -> None:
         """Decode a batch step by step. Between steps, sequences that arrived since are
         prefilled and merged into the running batch (continuous batching), so a new request
         does not wait for the longest answer of the batch to end."""
         batcher = ContinuousBatcher(
             prompt=self._prompt_ids, decoder=lambda: IncrementalDetokenizer(self._fast_decode),
-            prefill=self._prefill, eos_ids=self.eos_ids, context_length=self.context_length,
-            default_max_new_tokens=self.default_max_new_tokens(), sampling_defaults=self.sampling_defaults,
-            max_batch_size=self.max_batch_size, device=self.device,
+            prefill=self._prefill, eos_ids=self.eos_ids, budget=self.token_budget, sampling_defaults=self.sampling_defaults,
+            max_batch_size=self.max_batch_size, device=self.device, token_text=self._token_text,
+            vocabulary=self._vocabulary,
         )
         with torch.inference_mode():
             batcher.run(sequences, admit)
@@ -197,6 +233,30 @@ class TransformersBackend(Backend):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :], _KV(self.model, out.cache, mask, positions[:, -1:])
+
+
+def glm4_messages(messages: list[Message]) -> tuple[list[dict], list[dict]]:
+    """(messages, tools) as GLM-4's chat template reads them: the tools apart, in OpenAI's
+    shape (the template's `tools` argument); an earlier call an assistant message whose
+    metadata is the function's name and whose content is the JSON arguments; a tool's result
+    an `observation` message."""
+    out, tools = [], []
+    for message in messages:
+        role = message["role"]
+        if role == "system" and "tools" in message:
+            tools = [{"type": "function", "function": tool} for tool in message["tools"]]
+            if message["content"]:
+                out.append({"role": "system", "content": message["content"]})
+        elif role == "assistant" and message.get("tool_calls"):
+            if message["content"]:
+                out.append({"role": "assistant", "content": message["content"]})
+            out += [{"role": "assistant", "metadata": call["name"], "content": call["arguments"]}
+                    for call in message["tool_calls"]]
+        elif role == "tool":
+            out.append({"role": "observation", "content": message["content"]})
+        else:
+            out.append(message)
+    return out, tools
 
 
 class _KV:

@@ -25,7 +25,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ..base import Message
-from ..detokenize import IncrementalDetokenizer
+from ..detokenize import IncrementalDetokenizer, piece_bytes
 
 # --------------------------------------------------------------------------------------------
 # Chat messages -> (history pairs, query), for the text-template families v1 and v2.
@@ -207,6 +207,10 @@ def postprocess_response(family: str, text: str) -> str:
 # Tokenizers
 # --------------------------------------------------------------------------------------------
 
+# A byte-fallback piece: sentencepiece decodes it to that byte (v1 files do not mark them as
+# byte pieces, but decode them alike).
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
 
 class ChatGLMTokenizer(abc.ABC):
     """Common surface of the three families. Thread-safe: sentencepiece calls are re-entrant."""
@@ -242,6 +246,14 @@ class ChatGLMTokenizer(abc.ABC):
     def build_prompt(self, messages: Sequence[Message]) -> list[int]:
         """Prompt ids for chat messages, exactly as the reference `chat()` builds them."""
 
+    def token_text(self, token_id: int) -> tuple[str, bytes]:
+        """One token's text and exact bytes (its sentencepiece piece), for logprobs; a special
+        or padding id has none."""
+        if not 0 <= token_id < self.num_pieces or self.sp.is_control(token_id):
+            return "", b""
+        raw = piece_bytes(self.sp.id_to_piece(token_id), byte_level=False)
+        return raw.decode("utf-8", errors="replace"), raw
+
     def _raw_decode(self, ids: list[int]) -> str:
         """Decode before the text-level rules that `stream_decoder` applies as stages."""
         return self.decode(ids)
@@ -264,6 +276,39 @@ class ChatGLMTokenizer(abc.ABC):
         """The final answer text for generated ids (EOS excluded), as `stream_decoder` streams it."""
         decoder = self.stream_decoder()
         return "".join(decoder.push(i) for i in ids) + decoder.flush()
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Ids of `text` as it continues other text: without the "▁" that sentencepiece puts
+        before text of its own (a grammar engine tokenizes the parts a grammar forces with it)."""
+        ids = self.encode(text)
+        if not ids or text[:1].isspace():
+            return ids
+        first = self.sp.id_to_piece(ids[0])
+        if first == "\u2581":
+            return ids[1:]
+        if first.startswith("\u2581"):
+            rest = self.sp.piece_to_id(first[1:])
+            if rest == self.sp.unk_id():  # no piece without the space: its bytes' pieces
+                return [self.sp.piece_to_id(f"<0x{b:02X}>") for b in first[1:].encode()] + ids[1:]
+            return [rest] + ids[1:]
+        return ids
+
+    def token_bytes(self) -> list[bytes | None]:
+        """The UTF-8 bytes each id spells in an answer, for a grammar engine's vocabulary
+        (constraints.py); None for an id that is no text (control pieces, specials). Byte
+        pieces are their byte; `▁` is the space sentencepiece writes it for."""
+        out: list[bytes | None] = []
+        for i in range(self.vocab_size):
+            if i >= self.num_pieces or self.sp.is_control(i) or self.sp.is_unknown(i):
+                out.append(None)
+                continue
+            piece = self.sp.id_to_piece(i)
+            byte = _BYTE_PIECE.fullmatch(piece)
+            out.append(bytes([int(byte.group(1), 16)]) if byte else self._piece_text(piece).encode())
+        return out
+
+    def _piece_text(self, piece: str) -> str:
+        return piece.replace("\u2581", " ")
 
 
 class V1Tokenizer(ChatGLMTokenizer):
@@ -322,6 +367,9 @@ class V1Tokenizer(ChatGLMTokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._format_and_cleanup(self._raw_decode(list(ids)))
+
+    def _piece_text(self, piece: str) -> str:
+        return self._FORMAT_TOKENS.sub(self._format_replacement, super()._piece_text(piece))
 
     def _decode_stages(self) -> list[TextRewrite | StripWhitespace]:
         # Format tokens never overlap (each is "<...>" without inner brackets), so one regex
@@ -409,7 +457,7 @@ class V3Tokenizer(V2Tokenizer):
         return self.special_ids[f"<|{role}|>"]
 
     def build_prompt(self, messages: Sequence[Message]) -> list[int]:
-        """`[gMASK] sop`, then per message: role token, encode("\\n") (empty metadata), encode(content).
+        """`[gMASK] sop`, then per message: role token, encode(f"{metadata}\\n"), encode(content).
 
         A trailing `<|assistant|>` asks for the answer. Unlike v1/v2, the messages are used as
         they are, system messages included (`<|system|>`).
@@ -419,7 +467,11 @@ class V3Tokenizer(V2Tokenizer):
         for message in messages:
             if message["role"] not in self.ROLES:
                 raise ValueError(f"unknown chat role {message['role']!r}")
-            ids += [self.role_id(message["role"])] + newline + self.encode(message["content"])
+            # The header line's metadata (a called function's name) is encoded with its newline,
+            # as the reference's build_single_message does.
+            metadata = message.get("metadata") or ""
+            header = self.encode(f"{metadata}\n") if metadata else newline
+            ids += [self.role_id(message["role"])] + header + self.encode(message["content"])
         return ids + [self.role_id("assistant")]
 
 

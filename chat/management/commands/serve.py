@@ -102,7 +102,6 @@ class Command(BaseCommand):
         self._run_daphne(options["host"], options["port"])
 
     def _run_daphne(self, host: str, port: int) -> None:
-        from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
 
         from chat import daphne_limits
@@ -129,7 +128,7 @@ class Command(BaseCommand):
         ServerWithPorts(
             signal_handlers=False,  # SIGTERM/SIGINT: _stop_gracefully_on_signals, not an abrupt stop
             application=application,
-            endpoints=worker_endpoints(self.listen_fd) or build_endpoint_description_strings(host=host, port=port),
+            endpoints=worker_endpoints(self.listen_fd) or _tcp_endpoints(host, port),
             http_timeout=None,  # streams last as long as the answer
             # A socket lives as long as its client answers pings: a dead peer is dropped after
             # ping_interval + ping_timeout, a live one after a day at most (the page reconnects).
@@ -142,6 +141,18 @@ class Command(BaseCommand):
             verbosity=0,
             server_name="chatglm-django",
         ).run()
+
+
+LISTEN_BACKLOG = 2048  # as `serve --workers` gives its shared socket (chat.workers)
+
+
+def _tcp_endpoints(host: str, port: int) -> list[str]:
+    """Daphne's endpoint for host:port with a deep accept queue: Twisted's default backlog of
+    50 overflows when a few hundred clients connect at once, and the kernel then drops their
+    SYNs (each retried after a second: a second added to those clients' first delta)."""
+    from daphne.endpoints import build_endpoint_description_strings
+
+    return [f"{endpoint}:backlog={LISTEN_BACKLOG}" for endpoint in build_endpoint_description_strings(host=host, port=port)]
 
 
 SHUTDOWN_GRACE_SECONDS = 5.0  # for running answers to be saved and their streams told

@@ -3,25 +3,12 @@
 // titles and URLs are set as text.
 
 import { conversations as api } from "./api.js";
+import { el } from "./dom.js";
 import { copyWithFeedback } from "./render.js";
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.filter(Boolean));
-  return node;
-}
-
 export class ShareDialog {
-  constructor({ conversationId, toast }) {
+  constructor({ conversationId }) {
     this.conversationId = conversationId; // a function: the conversation on screen
-    this.toast = toast;
     this.list = el("ul", { class: "share-list", "aria-label": "Links" });
     this.error = el("p", { class: "settings-error", role: "alert" });
     this.create = el("button", { type: "button", class: "btn primary share-create", text: "Create link", onclick: () => this.createLink() });

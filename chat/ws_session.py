@@ -18,6 +18,7 @@ from channels.auth import get_user
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from .consumers import frames
 from .errors import ChatError
 from .owners import PAGE_SESSION_KEY, Owner, session_owner, unauthorized
 
@@ -88,5 +89,5 @@ class SessionBoundSocket:
             return
         self.closing = True
         error = unauthorized("The session has ended (logged out): reload the page.", code="session_ended")
-        await self.send_json({"type": "error", "request_id": message.get("request_id"), "error": error.as_dict()})
+        await self.send_json(frames.error(error, message.get("request_id")))
         await self.close(CLOSE_SESSION_ENDED)

@@ -43,6 +43,7 @@ class ChatError(Exception):
         code: str | None = None,
         retry_after: int | None = None,
         request_id: str | None = None,
+        allow: tuple[str, ...] = (),
     ):
         super().__init__(message)
         self.message = message
@@ -52,6 +53,7 @@ class ChatError(Exception):
         self.code = code
         self.retry_after = retry_after
         self.request_id = request_id
+        self.allow = allow  # for a 405: the methods the URL accepts (the Allow header)
 
     def as_dict(self) -> dict:
         # OpenAI's four fields only (its clients parse them); the request id is in the message
@@ -75,6 +77,29 @@ def generation_error(error: str, request_id: str | None) -> ChatError:
     log.warning("turn %s failed: %s", request_id, error or "no reason given")
     return ChatError(f"{message} (request id {request_id})" if request_id else message, status=status,
                      type="server_error", code=code, request_id=request_id)
+
+
+def unfinished_answer(finish_reason: str, error: str, request_id: str | None) -> ChatError:
+    """The error for an answer that ended by neither `stop` nor `length`, for protocols that
+    have no way to deliver such an answer (the OpenAI API): a failure, or a cancellation by the
+    server (its clients cancel by closing the connection, and then read nothing)."""
+    if finish_reason == "cancelled":
+        return ChatError("The generation was cancelled by the server.", status=503, type="server_error",
+                         code="cancelled", request_id=request_id)
+    return generation_error(error, request_id)
+
+
+def turn_in_progress() -> ChatError:
+    """409: the conversation has an answer generating (one at a time per conversation)."""
+    return ChatError("An answer is still being generated in this conversation.", status=409,
+                     type="invalid_request_error", param="conversation_id", code="turn_in_progress")
+
+
+def method_not_allowed(method: str, allowed) -> ChatError:
+    """405 for a method the URL does not serve; the JSON answer carries `Allow`."""
+    allowed = tuple(sorted(allowed))
+    return ChatError(f"Method {method} is not allowed here; use {', '.join(allowed)}.", status=405,
+                     code="method_not_allowed", allow=allowed)
 
 
 def model_unavailable(detail: str) -> ChatError:

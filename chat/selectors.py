@@ -10,12 +10,21 @@ import contextlib
 import time
 import uuid
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 from django.db import connection, transaction
 from django.db.models import Count, QuerySet
 
-from .errors import not_found
+from . import tree
+from .errors import invalid, not_found
 from .models import Conversation, FinishReason, Message, Role
 from .owners import Owner
+
+if TYPE_CHECKING:
+    from .turns import TurnInput
+
+Pair = tuple[str, str]
 
 PAGE_SIZE = 50
 
@@ -37,6 +46,51 @@ def owned_conversation(owner: Owner, conversation_id: uuid.UUID) -> Conversation
     if conversation is None:
         raise not_found()
     return conversation
+
+
+def owns_conversation(owner: Owner, conversation_id: uuid.UUID) -> bool:
+    return Conversation.objects.owned_by(owner).filter(pk=conversation_id).exists()
+
+
+def latest_answer(owner: Owner, conversation_id: uuid.UUID, message_id: int) -> tuple[bool, int | None]:
+    """Whether `message_id` is a message of the owner's conversation, and the id of that
+    conversation's latest answer (what a continuation of it follows)."""
+    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
+    if conversation is None or not conversation.messages.filter(pk=message_id).exists():
+        return False, None
+    latest = conversation.messages.filter(role=Role.ASSISTANT).order_by("-position").values_list("pk", flat=True)
+    return True, latest.first()
+
+
+def turn_history(inp: TurnInput) -> tuple[Conversation, list[Pair], TurnInput]:
+    """For a turn in a saved conversation: the conversation, the history on the path the turn
+    continues, and the input with its parent resolved (and, for a regenerated answer, the
+    question it answers again)."""
+    conversation = owned_conversation(inp.owner, inp.conversation_id)
+    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content", "tool_calls",
+                                                     "tool_call_id", "tool_name"))
+    if not inp.branch:
+        parent = tree.leaf_id(conversation, messages)
+        return conversation, tree.pairs(tree.path_to(messages, parent)), dataclasses.replace(inp, parent_id=parent)
+    parent = inp.parent_id
+    if parent is not None and parent not in messages:
+        raise invalid("parent_id", "'parent_id' is not a message of this conversation.", "not_found")
+    if parent is not None and messages[parent].role == Role.USER:  # regenerate this question's answer
+        if inp.query:
+            raise invalid("query", "Leave 'query' empty when 'parent_id' names a question: its answer is regenerated.",
+                          "unexpected")
+        question = messages[parent]
+        history = tree.pairs(tree.path_to(messages, question.parent_id))
+        return conversation, history, dataclasses.replace(inp, query=question.content)
+    if not inp.query or not inp.query.strip():
+        raise invalid("query", "'query' is required.", "missing")
+    # An empty (failed) answer as the parent can still be followed; it is left out of the history.
+    return conversation, tree.pairs(tree.path_to(messages, parent)), inp
+
+
+def history_of(conversation: Conversation) -> list[Pair]:
+    """(question, answer) pairs on the conversation's current path."""
+    return tree.pairs(tree.current_path(conversation))
 
 
 def messages_of(conversation: Conversation) -> QuerySet[Message]:

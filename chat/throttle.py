@@ -103,6 +103,34 @@ class Buckets:
 
 buckets = Buckets()
 
+
+class TokenBucket:
+    """One client's bucket, kept by the client itself (a WebSocket's frames): `rate` tokens a
+    second, up to `burst`; `take()` is False when the bucket is empty."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+FRAME_RATE = 20.0  # WebSocket frames per second, sustained
+FRAME_BURST = 40  # frames accepted at once before the rate applies
+
+
+def frame_bucket() -> TokenBucket:
+    """The frame limit of one WebSocket (past it the socket is closed with 4429)."""
+    return TokenBucket(FRAME_RATE, FRAME_BURST)
+
 # The same bucket in Redis, on Redis's clock: tokens and stamp in a hash that expires once full.
 TAKE_SCRIPT = """
 local capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2])

@@ -1,10 +1,10 @@
 """One chat turn, shared by every protocol: history in, engine stream, persistence out.
 
-`start_turn()` checks ownership, reads the saved history, trims it to fit, admits the
-request to the engine, saves the user's message (before any token is generated) and a
-placeholder for the answer, and starts a runner task that owns the generation from then on.
-The runner saves the answer when it ends (completed, cancelled or failed), whoever is
-listening: an SSE client that disconnects cancels the turn, a browser WebSocket that closes
+`start_turn()` checks ownership, reads the saved history (chat.selectors), trims it to fit,
+admits the request to the engine, saves the user's message (before any token is generated)
+and a placeholder for the answer (chat.services), and starts a runner task that owns the
+generation from then on. The runner has the answer saved when it ends (completed, cancelled
+or failed), whoever is listening: an SSE client that disconnects cancels the turn, a browser WebSocket that closes
 does not, and either way the outcome is stored. Adapters read `turn.events()`: the events so
 far, then live ones, so a second tab or a reloaded page can attach mid-answer.
 """
@@ -14,33 +14,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import logging
 import uuid
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Max
-from django.utils import timezone
 
-from . import throttle
+from . import selectors, services, throttle
 from .engine import (
     EngineOverloaded,
     EngineUnavailable,
     GenerationParams,
     GenerationResult,
     QueuePosition,
-    Started,
     TextDelta,
     UnsupportedConstraint,
     get_engine,
 )
-from . import tree
 from .claims import BUSY, LIMIT, shared_claims
-from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, not_found
+from .errors import GENERATION_TIMEOUT, NOT_SAVED, SERVER_SHUTDOWN, ChatError, invalid, model_unavailable, turn_in_progress
 from .metrics import TurnWatch
-from .models import TITLE_MAX_LENGTH, Conversation, FinishReason, Message, Role
+from .models import Source
+from .upstream_health import health_fields
 from .owners import Owner
 
 log = logging.getLogger(__name__)
@@ -48,16 +45,24 @@ log = logging.getLogger(__name__)
 Pair = tuple[str, str]
 
 
+class Protocol(enum.Enum):
+    """The adapter a turn arrives through; with the owner it decides the turn's source and storage."""
+
+    SEED = Source.API  # /chat, /stream
+    WEBSOCKET = Source.WEBSOCKET
+    OPENAI = Source.OPENAI
+
+
 @dataclasses.dataclass
 class TurnInput:
     owner: Owner
-    source: str
+    protocol: Protocol
     query: str
     params: GenerationParams = GenerationParams()
     history: list[Pair] | None = None  # given by the client (seed API); None with a conversation
     conversation_id: uuid.UUID | None = None
     system_prompt: str | None = None  # None: the conversation's own (if any)
-    store: bool = True  # False: run the turn without saving it (CHATGLM_STORE_API_TURNS=0)
+    store: bool = True  # False: the client asked not to store it (OpenAI's `store: false`)
     # Where the turn hangs in the conversation's tree (see chat/tree.py). branch=False: after
     # the current leaf (the seed and OpenAI APIs, a plain question). branch=True: under
     # `parent_id` (None: at the root): an edited question names the parent of the question it
@@ -71,6 +76,16 @@ class TurnInput:
     # What the protocol calls the output format (params.constraint), for a 400 that names it.
     format_param: str = "response_format"
 
+    @property
+    def source(self) -> str:
+        """Where the conversation came from: a person's turns are the page's, whatever the protocol."""
+        return Source.WEB if self.owner.is_person else self.protocol.value
+
+    @property
+    def stored(self) -> bool:
+        """A person's turns are always saved; a program's unless CHATGLM_STORE_API_TURNS=0 (or it asked not to)."""
+        return self.store and (self.owner.is_person or settings.CHATGLM["STORE_API_TURNS"])
+
 
 @dataclasses.dataclass(frozen=True)
 class TurnDone:
@@ -81,7 +96,9 @@ class TurnDone:
     message_id: int | None
 
 
-TurnEvent = QueuePosition | Started | TextDelta | TurnDone
+# The events adapters read from `Turn.events()`, imported from here (adapters do not import the
+# engine): QueuePosition (`position` in the queue), TextDelta (`text`), then TurnDone.
+TurnEvent = QueuePosition | TextDelta | TurnDone
 
 _live_turns: dict[str, Turn] = {}  # by conversation id: for re-attaching
 _runner_tasks: set[asyncio.Task] = set()  # keep references: the loop holds tasks only weakly
@@ -107,10 +124,7 @@ class _Claim:
             verdict, self.token = self.shared.acquire(owner, conversation_id, limit if owner.is_person else 0)
             busy, over = verdict == BUSY, verdict == LIMIT
         if busy:
-            raise ChatError(
-                "An answer is still being generated in this conversation.",
-                status=409, type="invalid_request_error", param="conversation_id", code="turn_in_progress",
-            )
+            raise turn_in_progress()
         if over:
             raise ChatError(
                 f"You already have {limit} answers being generated; wait for one to finish or stop it.",
@@ -169,6 +183,17 @@ class Turn:
     def finished(self) -> bool:
         return self.done is not None
 
+    async def outcome(self) -> TurnDone:
+        """Wait for the end of the turn (a non-streamed answer); a client that goes away
+        meanwhile cancels it, so nothing is generated for nobody."""
+        try:
+            async for event in self.events():
+                if isinstance(event, TurnDone):
+                    return event
+        finally:
+            self.cancel()
+        raise AssertionError("a turn's events end with TurnDone")
+
     async def events(self, replay: bool = True, idle: float | None = None) -> AsyncIterator[TurnEvent]:
         """Every event of the turn from the start (or from now), until TurnDone.
 
@@ -225,10 +250,12 @@ class Turn:
                     break
                 if isinstance(event, GenerationResult):
                     result = event
-                else:
-                    if isinstance(event, TextDelta):
-                        watch.delta()
+                elif isinstance(event, TextDelta):
+                    watch.delta()
                     self._publish(event)
+                elif isinstance(event, QueuePosition):
+                    self._publish(event)
+                # (the engine's Started is progress for the timeout above; no reader needs it)
         except asyncio.CancelledError:
             self._request.cancel()
             raise
@@ -238,7 +265,7 @@ class Turn:
                           if _shutting_down else GenerationResult(text=self.text, finish_reason="cancelled"))
             if self.message_id is not None:
                 try:
-                    await _save_answer(self.message_id, result, self.input.params)
+                    await sync_to_async(services.save_answer)(self.message_id, result)
                 except Exception:  # noqa: BLE001 - the turn must still end for its listeners
                     log.exception("could not save the answer of turn %s", self.id)
                     result = dataclasses.replace(result, finish_reason="error", error=NOT_SAVED)  # clients are told
@@ -349,17 +376,68 @@ async def ready_engine():
     return engine
 
 
+async def served_model():
+    """The loaded model's info (`model_id`, `context_length`, ...), waiting while it loads; 503
+    if it cannot be loaded."""
+    return (await ready_engine()).info
+
+
+def engine_status() -> dict:
+    """The one view of the engine that pages and /healthz need: `ready`, `state`, `queue`,
+    `running`, and once ready the model's fields and the upstream's reachability."""
+    engine = get_engine()
+    status = {"ready": engine.ready, "state": engine.state, "queue": engine.queue_length()}
+    if engine.ready:
+        info = engine.info
+        status.update(running=engine.running_count(), model=info.model_id, backend=info.backend, device=info.device,
+                      dtype=info.dtype, quantize=info.quantize, context_length=info.context_length,
+                      health=health_fields(engine))
+    return status
+
+
+async def tools_refusal(messages: list[dict], params: GenerationParams) -> str | None:
+    """Why the loaded model cannot serve these offered tools (and tool choice), or None."""
+    return (await ready_engine()).backend.tools_refusal(messages, params)
+
+
+def clear_engine_cache() -> None:
+    """Free cached accelerator memory (the seed API's /clear); a no-op on CPU."""
+    get_engine().clear_cache()
+
+
+async def measure_context(system_prompt: str, pairs: list[Pair], params: GenerationParams) -> dict:
+    """How much of the context the next turn after `pairs` would use (tokenized off the event loop)."""
+    engine = await ready_engine()
+
+    def measure():
+        whole = engine.count_prompt_tokens(to_messages(system_prompt, pairs, ""))
+        sent, truncated = fit_history(engine, system_prompt, pairs, "", params)
+        return whole, engine.count_prompt_tokens(sent), truncated
+
+    whole, sent, truncated = await asyncio.to_thread(measure)
+    context = engine.info.context_length
+    return {
+        "prompt_tokens": whole,  # the whole current path, before any is left out
+        "sent_tokens": sent,  # what the next request sends (before the new question)
+        "context_length": context,
+        "answer_room": min(params.max_new_tokens or 512, context // 4),
+        "history_pairs": len(pairs),
+        "max_history": max(0, settings.CHATGLM["MAX_HISTORY"]),
+        "history_truncated": truncated,
+    }
+
+
 async def start_turn(inp: TurnInput) -> Turn:
     """Admit and start a turn, or raise ChatError (404 conversation, 429 overload, 503...)."""
     if _shutting_down:
         raise ChatError("The server is shutting down; try again shortly.", status=503, type="server_error",
                         code=SERVER_SHUTDOWN, retry_after=5)
-    await throttle.check_turn(inp.owner, new_conversation=inp.conversation_id is None and inp.store)
+    await throttle.check_turn(inp.owner, new_conversation=inp.conversation_id is None and inp.stored)
     engine = await ready_engine()
 
     conversation = None
     if inp.conversation_id is not None:
-        conversation, history, inp = await _saved_history(inp)
+        conversation, history, inp = await sync_to_async(selectors.turn_history)(inp)
     else:
         if inp.branch:
             raise invalid("parent_id", "'parent_id' needs a 'conversation_id'.", "missing")
@@ -392,9 +470,9 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
         raise invalid(inp.format_param, str(exc), "unsupported_format") from exc
 
     turn = Turn(inp, history, truncated, request, claim)
-    if inp.store:
+    if inp.stored:
         try:
-            ids = await _save_question(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
+            ids = await sync_to_async(services.save_question)(inp, conversation, history, system_prompt, engine.info.model_id, truncated)
         except BaseException:
             request.cancel()
             raise
@@ -460,133 +538,3 @@ def to_messages(system_prompt: str, history: list[Pair], query: str, tools: list
         messages += [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
     messages.append({"role": "user", "content": query})
     return messages + list(steps)
-
-
-# -- persistence ------------------------------------------------------------------------------
-
-
-@sync_to_async
-def _saved_history(inp: TurnInput) -> tuple[Conversation, list[Pair], TurnInput]:
-    """The conversation, the history on the path the turn continues, and the input with its
-    parent resolved (and, for a regenerated answer, the question it answers again)."""
-    conversation = Conversation.objects.owned_by(inp.owner).filter(pk=inp.conversation_id).first()
-    if conversation is None:
-        raise not_found()
-    messages = tree.by_id(conversation.messages.only("id", "parent_id", "position", "role", "content", "tool_calls", "tool_call_id",
-                                                 "tool_name"))
-    if not inp.branch:
-        parent = tree.leaf_id(conversation, messages)
-        return conversation, tree.pairs(tree.path_to(messages, parent)), dataclasses.replace(inp, parent_id=parent)
-    parent = inp.parent_id
-    if parent is not None and parent not in messages:
-        raise invalid("parent_id", "'parent_id' is not a message of this conversation.", "not_found")
-    if parent is not None and messages[parent].role == Role.USER:  # regenerate this question's answer
-        if inp.query:
-            raise invalid("query", "Leave 'query' empty when 'parent_id' names a question: its answer is regenerated.",
-                          "unexpected")
-        question = messages[parent]
-        history = tree.pairs(tree.path_to(messages, question.parent_id))
-        return conversation, history, dataclasses.replace(inp, query=question.content)
-    if not inp.query or not inp.query.strip():
-        raise invalid("query", "'query' is required.", "missing")
-    if parent is not None and messages[parent].role == Role.ASSISTANT and not messages[parent].content:
-        pass  # an empty (failed) answer can still be followed; it is left out of the history
-    return conversation, tree.pairs(tree.path_to(messages, parent)), inp
-
-
-def history_of(conversation: Conversation) -> list[Pair]:
-    """(question, answer) pairs on the conversation's current path."""
-    return tree.pairs(tree.current_path(conversation))
-
-
-def title_from(query: str) -> str:
-    title = " ".join(query.split())
-    return title if len(title) <= 80 else title[:79].rstrip() + "…"
-
-
-@sync_to_async
-def _save_question(inp: TurnInput, conversation, history: list[Pair], system_prompt: str, model_id: str,
-                   truncated: int = 0):
-    """Save the question and an empty answer marked as generating; return their ids."""
-    with transaction.atomic():
-        if conversation is None:
-            owner = inp.owner
-            conversation = Conversation.objects.create(
-                user_id=owner.user_id, visitor=owner.visitor, api_key_name=owner.api_key,
-                title=title_from(inp.query)[:TITLE_MAX_LENGTH], source=inp.source, model=model_id,
-                system_prompt=system_prompt,
-            )
-            position, parent_id = 0, None
-            if system_prompt:
-                parent_id = Message.objects.create(conversation=conversation, position=0, role=Role.SYSTEM,
-                                                   content=system_prompt).pk
-                position = 1
-            for question, answer in history:  # a seed client's history becomes part of the record
-                answer_steps = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
-                for step in [{"role": "user", "content": question}, *answer_steps]:
-                    parent_id = _save_step(conversation, parent_id, position, step)
-                    position += 1
-        else:
-            # Update the row as it is now (a rename may have landed since it was read), and
-            # refuse if it was deleted meanwhile.
-            rows = Conversation.objects.filter(pk=conversation.pk)
-            if not rows.update(model=model_id, updated_at=timezone.now()):
-                raise not_found()
-            rows.filter(title="").update(title=title_from(inp.query)[:TITLE_MAX_LENGTH])
-            last = conversation.messages.aggregate(last=Max("position"))["last"]
-            position = 0 if last is None else last + 1
-            parent_id = inp.parent_id
-            if not inp.branch:  # after the current leaf, as it is now
-                parent_id = (rows.values_list("current_leaf_id", flat=True).first()
-                             or conversation.messages.order_by("-position").values_list("pk", flat=True).first())
-        regenerate = inp.branch and parent_id is not None and Message.objects.filter(pk=parent_id, role=Role.USER).exists()
-        if regenerate:  # a new answer to the same question, a sibling of its other answers
-            question = Message(pk=parent_id)
-            position -= 1  # the answer takes `position + 1`, the next free one
-        else:
-            question = Message(conversation=conversation, parent_id=parent_id, position=position,
-                               role=Role.USER, content=inp.query)
-            question.explicit_root = parent_id is None
-            question.save()
-            for step in inp.steps:  # the answer's tool calls and results so far
-                position += 1
-                question = Message(pk=_save_step(conversation, question.pk, position, step))
-        answer = Message.objects.create(
-            conversation=conversation, parent_id=question.pk, position=position + 1, role=Role.ASSISTANT,
-            finish_reason=FinishReason.GENERATING, params=inp.params.as_dict(), history_truncated=truncated,
-        )
-        Conversation.objects.filter(pk=conversation.pk).update(current_leaf=answer)
-    return str(conversation.id), question.pk, answer.pk
-
-
-def _save_step(conversation, parent_id, position: int, step: dict) -> int:
-    """Save one message of a history (engine message shape, chat/engine/tools.py); its id."""
-    return Message.objects.create(
-        conversation=conversation, parent_id=parent_id, position=position, role=step["role"],
-        content=step["content"], finish_reason=FinishReason.STOP if step["role"] == Role.ASSISTANT else "",
-        tool_calls=step.get("tool_calls") or [], tool_call_id=step.get("tool_call_id", ""),
-        tool_name=step.get("name", ""),
-    ).pk
-
-
-@sync_to_async
-def _save_answer(message_id: int, result: GenerationResult, params: GenerationParams) -> None:
-    with transaction.atomic():
-        Message.objects.filter(pk=message_id).update(
-            content=result.text,
-            tool_calls=[call.as_dict() for call in result.tool_calls],
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            time_to_first_token=result.time_to_first_token,
-            duration=result.duration,
-            error=result.error,
-        )
-        Conversation.objects.filter(messages__pk=message_id).update(updated_at=timezone.now())
-
-
-def mark_interrupted_answers() -> int:
-    """At start-up: answers left 'generating' by a crashed process are marked as errors."""
-    return Message.objects.filter(role=Role.ASSISTANT, finish_reason=FinishReason.GENERATING).update(
-        finish_reason=FinishReason.ERROR, error="The server stopped while this answer was being generated."
-    )

@@ -233,7 +233,7 @@ def supervise(out, host: str, port: int, workers: int, config) -> None:
         raise RuntimeError(
             "--workers needs REDIS_URL: live sync, re-attaching to answers and the running-answer "
             "limits are shared between the workers through Redis")
-    from chat.turns import mark_interrupted_answers
+    from chat.services import mark_interrupted_answers
 
     interrupted = mark_interrupted_answers()  # once, here: workers start while siblings generate
     if interrupted:

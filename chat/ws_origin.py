@@ -20,12 +20,14 @@ handshake is refused with 403 before the consumer runs.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
+
+from .owners import scope_header, socket_credential
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -49,13 +51,6 @@ def parse_origin(value: str) -> Origin | None:
     return scheme, host, port or DEFAULT_PORTS[scheme]
 
 
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
 def handshake_scheme(scope) -> str:
     """`https` when the browser reached us over TLS, directly or through a trusted proxy."""
     if scope.get("scheme") in ("wss", "https"):
@@ -64,7 +59,7 @@ def handshake_scheme(scope) -> str:
     if proxy:
         meta_name, expected = proxy
         header = meta_name.removeprefix("HTTP_").replace("_", "-").lower().encode()
-        value = _header(scope, header)
+        value = scope_header(scope, header)
         if value is not None and value.split(",")[0].strip() == expected:
             return "https"
     return "http"
@@ -74,7 +69,7 @@ def site_origins(scope) -> set[Origin]:
     """The exact origins of this site for this handshake (see the module doc)."""
     scheme = handshake_scheme(scope)
     origins: set[Origin] = set()
-    host = _header(scope, b"host")
+    host = scope_header(scope, b"host")
     if host:
         domain, port = split_domain_port(host.lower())
         if domain and validate_host(domain, settings.ALLOWED_HOSTS):
@@ -106,7 +101,7 @@ def trusted_origin(origin: Origin) -> bool:
 
 
 def origin_allowed(scope) -> bool:
-    raw = _header(scope, b"origin")
+    raw = scope_header(scope, b"origin")
     if raw is None:
         return False
     origin = parse_origin(raw)
@@ -115,10 +110,7 @@ def origin_allowed(scope) -> bool:
 
 def is_program_handshake(scope) -> bool:
     """No Origin (not a browser) and an API key offered: the consumer decides on the key."""
-    if _header(scope, b"origin") is not None:
-        return False
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return _header(scope, b"authorization") is not None or "api_key" in query
+    return scope_header(scope, b"origin") is None and socket_credential(scope) is not None
 
 
 class SameOriginOrApiKey:

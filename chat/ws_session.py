@@ -1,8 +1,6 @@
 """A browser's WebSocket is bound to the session it was opened with.
 
-- `socket_owner`: who a browser socket acts for (the session's account or visitor); with API
-  keys set only a session the server issued and that has loaded the page counts (as for the
-  page's `/stream` fallback, chat.views.auth).
+- Who a socket acts for is decided once, with every other caller, by chat.owners.socket_caller.
 - Logging out ends the session at once: `chat.signals` sends `session.ended` to the group of
   that session (one group per session, named by a hash of its key so that the key itself never
   reaches the channel layer), and `SessionBoundSocket.session_ended` closes the socket (4401).
@@ -20,8 +18,9 @@ from channels.auth import get_user
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from .consumers import frames
 from .errors import ChatError
-from .owners import PAGE_SESSION_KEY, Owner, api_keys, page_session_owner, session_owner, unauthorized
+from .owners import PAGE_SESSION_KEY, Owner, session_owner, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +29,6 @@ CLOSE_SESSION_ENDED = 4401
 
 def session_group(session_key: str) -> str:
     return "browser-session." + hashlib.sha256(session_key.encode()).hexdigest()[:40]
-
-
-async def socket_owner(scope) -> Owner:
-    """The owner of a browser socket (one that passed the Origin check), or ChatError 401."""
-    user, session = scope.get("user"), scope.get("session")
-    live = False
-    if session is not None and settings.SESSION_COOKIE_NAME in scope.get("cookies", {}):
-        await session.aget(PAGE_SESSION_KEY)  # loads it: an unknown key leaves session_key None
-        live = session.session_key is not None
-    if api_keys():
-        if not live:
-            raise unauthorized("Missing API key: connect with '?api_key=<key>' or open the page first.")
-        return await page_session_owner(user, session)
-    if user is not None and user.is_authenticated:
-        return Owner(user_id=user.pk)
-    if live:
-        # The cookie names a live session, so a new visitor id saved in it stays the browser's
-        # (a session created here could never reach the browser as a cookie).
-        try:
-            return await session_owner(user, session, create=True)
-        except ValueError:  # a visitor id that is not a UUID: not a usable session
-            log.warning("websocket: session with a malformed visitor id")
-    return Owner(open_api=True)
 
 
 async def still_valid(scope, owner: Owner) -> bool:
@@ -113,5 +89,5 @@ class SessionBoundSocket:
             return
         self.closing = True
         error = unauthorized("The session has ended (logged out): reload the page.", code="session_ended")
-        await self.send_json({"type": "error", "request_id": message.get("request_id"), "error": error.as_dict()})
+        await self.send_json(frames.error(error, message.get("request_id")))
         await self.close(CLOSE_SESSION_ENDED)

@@ -12,7 +12,7 @@ import pytest
 from chat.engine import GenerationParams, QueuePosition, Started, TextDelta
 from chat.engine.base import GenerationResult
 from chat.owners import Owner
-from chat.turns import IDLE, Turn, TurnDone, TurnInput, start_turn
+from chat.turns import IDLE, Protocol, Turn, TurnDone, TurnInput, start_turn
 from tests.views.sse_client import parse
 
 API = Owner(api_key="tests")
@@ -20,7 +20,7 @@ API = Owner(api_key="tests")
 
 def bare_turn() -> Turn:
     """A turn with no engine behind it: the test publishes its events itself."""
-    return Turn(TurnInput(owner=API, source="api", query="q", store=False), [], 0, request=None, claim=None)
+    return Turn(TurnInput(owner=API, protocol=Protocol.SEED, query="q", store=False), [], 0, request=None, claim=None)
 
 
 async def next_event(events):

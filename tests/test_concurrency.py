@@ -28,10 +28,10 @@ def hammer(threads: int = THREADS, turns: int = TURNS) -> dict:
     from chat.engine import GenerationResult
     from chat.models import Conversation, Message
     from chat.owners import Owner
-    from chat.turns import TurnInput, _save_answer, _save_question, _saved_history
+    from chat.turns import Protocol, TurnInput
 
-    # The sync functions under the async wrappers: each thread is one concurrent request.
-    saved_history, save_question, save_answer = _saved_history.func, _save_question.func, _save_answer.func
+    # The sync functions that turns call through sync_to_async: each thread is one concurrent request.
+    saved_history, save_question, save_answer = selectors.turn_history, services.save_question, services.save_answer
     start = threading.Barrier(threads)
     failures: list[str] = []
     conversation_ids: list[str] = []
@@ -43,13 +43,13 @@ def hammer(threads: int = THREADS, turns: int = TURNS) -> dict:
             start.wait()
             for i in range(turns):
                 try:
-                    inp = TurnInput(owner=owner, source="web", query=f"question {n}-{i}",
+                    inp = TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query=f"question {n}-{i}",
                                     conversation_id=conversation.id if conversation else None)
                     if conversation is not None:
                         conversation, history, inp = saved_history(inp)
                     conversation_id, _, answer_id = save_question(inp, conversation, history, "", "fake")
                     save_answer(answer_id, GenerationResult(text=f"answer {n}-{i}", finish_reason="stop",
-                                                            completion_tokens=2, duration=0.01), inp.params)
+                                                            completion_tokens=2, duration=0.01))
                     if conversation is None:
                         conversation = Conversation.objects.get(pk=conversation_id)
                         conversation_ids.append(conversation_id)

@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from chat.models import Conversation, FinishReason, Message, Role
 from chat.owners import VISITOR_SESSION_KEY, Owner
-from chat.turns import history_of, mark_interrupted_answers
+from chat.selectors import history_of
+from chat.services import mark_interrupted_answers
 
 pytestmark = pytest.mark.django_db
 

@@ -70,9 +70,9 @@ def test_refuses_without_a_retention_period(aged, settings):
 
 
 def test_deletes_in_batches(settings, monkeypatch):
-    from chat.management.commands import purge_conversations
+    from chat import services
 
-    monkeypatch.setattr(purge_conversations, "BATCH", 3)
+    monkeypatch.setattr(services, "PURGE_BATCH", 3)
     old = timezone.now() - timedelta(days=50)
     Conversation.objects.bulk_create([Conversation(title=f"c{i}") for i in range(8)])
     Conversation.objects.update(updated_at=old)

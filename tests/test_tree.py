@@ -15,13 +15,13 @@ from chat import tree
 from chat.errors import ChatError
 from chat.models import Conversation, Message, Role
 from chat.owners import Owner
-from chat.turns import TurnDone, TurnInput, start_turn
+from chat.turns import Protocol, TurnDone, TurnInput, start_turn
 
 PROMPT = "[[fake:prompt]]"
 
 
 async def run(**fields) -> TurnDone:
-    turn = await start_turn(TurnInput(source="web", **fields))
+    turn = await start_turn(TurnInput(protocol=Protocol.WEBSOCKET, **fields))
     async for event in turn.events():
         if isinstance(event, TurnDone):
             return event

@@ -12,7 +12,7 @@ from chat.engine import GenerationParams
 from chat.errors import ChatError
 from chat.models import Message
 from chat.owners import Owner
-from chat.turns import TurnDone, TurnInput, fit_history, running_turns, start_turn
+from chat.turns import Protocol, TurnDone, TurnInput, fit_history, running_turns, start_turn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,10 +26,10 @@ async def finish(turn):
 async def test_concurrent_turns_in_one_conversation_get_409(engine_env):
     engine_env(CHATGLM_FAKE_DELAY_MS="10")
     owner = Owner(visitor=uuid.uuid4())
-    first = await start_turn(TurnInput(owner=owner, source="web", query="first"))
+    first = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="first"))
     await finish(first)
     attempts = await asyncio.gather(
-        *(start_turn(TurnInput(owner=owner, source="web", query=f"again {i}",
+        *(start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query=f"again {i}",
                                conversation_id=uuid.UUID(first.conversation_id))) for i in range(4)),
         return_exceptions=True,
     )
@@ -45,7 +45,7 @@ async def test_per_person_limit_holds_under_concurrency(engine_env, settings):
     engine_env(CHATGLM_FAKE_DELAY_MS="10")
     owner = Owner(visitor=uuid.uuid4())
     attempts = await asyncio.gather(
-        *(start_turn(TurnInput(owner=owner, source="web", query=f"q{i} " * 10)) for i in range(6)),
+        *(start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query=f"q{i} " * 10)) for i in range(6)),
         return_exceptions=True,
     )
     started = [t for t in attempts if not isinstance(t, BaseException)]
@@ -58,7 +58,7 @@ async def test_per_person_limit_holds_under_concurrency(engine_env, settings):
 
 async def _started(owner):
     """One more turn is admitted once the others ended."""
-    turn = await start_turn(TurnInput(owner=owner, source="web", query="later"))
+    turn = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="later"))
     await finish(turn)
     yield turn
 
@@ -87,3 +87,26 @@ def test_fit_history_keeps_every_pair_up_to_the_limit(engine_env, settings, pair
     history = [(f"q{i}", f"a{i}") for i in range(pairs)]
     messages, truncated = fit_history(engine, "", history, "now", GenerationParams(max_new_tokens=8))
     assert truncated == max(0, pairs - 8) and messages[0]["content"] == f"q{max(0, pairs - 8)}"
+
+
+async def test_a_changed_system_prompt_is_what_the_record_and_the_next_turn_say(engine_env):
+    """A turn records the system prompt as the conversation's first message; changing the
+    conversation's prompt (the page's PATCH) changes that message too, not only the field."""
+    from asgiref.sync import sync_to_async
+
+    from chat import services
+    from chat.models import Role
+
+    engine_env()
+    owner = Owner(visitor=uuid.uuid4())
+    first = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="hi", system_prompt="Be brief."))
+    await first.outcome()
+    system = Message.objects.filter(conversation_id=first.conversation_id, role=Role.SYSTEM)
+    assert [m.content async for m in system.all()] == ["Be brief."]
+    await sync_to_async(services.update_conversation)(owner, uuid.UUID(first.conversation_id),
+                                                      {"system_prompt": "Answer in French."})
+    assert [m.content async for m in system.all()] == ["Answer in French."]
+    second = await start_turn(TurnInput(owner=owner, protocol=Protocol.WEBSOCKET, query="again",
+                                        conversation_id=uuid.UUID(first.conversation_id)))
+    assert (await second.outcome()).result.finish_reason == "stop"
+    assert await system.acount() == 1  # continued, not recorded again

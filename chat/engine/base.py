@@ -28,13 +28,9 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # replaced by U+FFFD in generat
 class EngineError(Exception):
     """Base class of errors the engine reports to its callers."""
 
-    code = "engine_error"
-
 
 class EngineOverloaded(EngineError):
     """The admission queue is full: try again later (HTTP 429 / 503)."""
-
-    code = "overloaded"
 
     def __init__(self, message: str = "The model is busy: the queue is full.", retry_after: int = 5):
         super().__init__(message)
@@ -43,8 +39,6 @@ class EngineOverloaded(EngineError):
 
 class EngineUnavailable(EngineError):
     """The model could not be loaded or the engine has stopped."""
-
-    code = "engine_unavailable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +141,6 @@ class GenerationResult:
     completion_tokens: int = 0
     time_to_first_token: float | None = None  # seconds from start of generation to first delta
     duration: float = 0.0  # seconds from leaving the queue to the end
-    queued_for: float = 0.0  # seconds spent waiting in the queue
     error: str = ""
     tool_calls: tuple[ToolCall, ...] = ()  # the answer's calls (its text is what is not a call)
     logprobs: tuple[TokenLogprob, ...] | None = None  # every delta's, when asked for
@@ -253,7 +246,6 @@ class Sequence:
         self.max_new_tokens = 0
         self.started_at: float | None = None
         self.first_token_at: float | None = None
-        self.queued_at = time.monotonic()
         self.finished = False
         self.result: GenerationResult | None = None
 
@@ -333,7 +325,6 @@ class Sequence:
             completion_tokens=self.completion_tokens,
             time_to_first_token=(self.first_token_at - started) if self.first_token_at else None,
             duration=now - started,
-            queued_for=started - self.queued_at,
             error=error,
             tool_calls=tuple(self.tool_calls),
             logprobs=tuple(self._lp_sent) if self.params.logprobs is not None else None,

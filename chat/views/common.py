@@ -1,15 +1,19 @@
-"""Request parsing and error rendering shared by the JSON views (and the SSE views, before
-their stream opens)."""
+"""What every JSON view shares: reading the body, answering JSON, rendering errors (also for
+the SSE views before their stream opens), the one 405, and the page API's dispatch by method."""
 
 from __future__ import annotations
 
 from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig
+from asgiref.sync import sync_to_async
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
-from .. import inputs
-from ..errors import ChatError, unexpected_error
+from .. import exports, inputs, selectors
+from ..errors import ChatError, method_not_allowed, unexpected_error
+from ..owners import check_csrf
+from ..turns import live_turn
 
 
 def read_json(request) -> dict:
@@ -39,7 +43,13 @@ def error_response(error: ChatError, envelope: dict | None = None) -> JsonRespon
         response["Retry-After"] = str(error.retry_after)
     if error.request_id:
         response["X-Request-ID"] = error.request_id
+    if error.allow:
+        response["Allow"] = ", ".join(error.allow)
     return response
+
+
+def json_response(data: dict, status: int = 200) -> JsonResponse:
+    return JsonResponse(data, status=status, json_dumps_params={"ensure_ascii": False})
 
 
 def json_errors(envelope: dict | None = None):
@@ -58,3 +68,43 @@ def json_errors(envelope: dict | None = None):
         return wrapper
 
     return decorate
+
+
+def allow(*methods: str):
+    """Only these HTTP methods (inside json_errors): any other is a JSON 405 with `Allow`."""
+
+    def decorate(view):
+        @wraps(view)
+        async def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                raise method_not_allowed(request.method, methods)
+            return await view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def methods(**handlers):
+    """The page API's views: one URL, one handler per HTTP method (others: the JSON 405), and
+    Django's CSRF check for unsafe methods, failing as JSON like every other error here."""
+
+    @csrf_exempt  # checked by chat.owners.check_csrf, so that a failure is JSON
+    @json_errors()
+    async def view(request, *args, **kwargs):
+        handler = handlers.get(request.method)
+        if handler is None:
+            raise method_not_allowed(request.method, handlers)
+        check_csrf(request)
+        return await handler(request, *args, **kwargs)
+
+    return view
+
+
+@sync_to_async
+def conversation_detail(owner, conversation_id) -> dict:
+    """A conversation as the page API answers it: its messages, and whether an answer is generating."""
+    conversation = selectors.owned_conversation(owner, conversation_id)
+    messages = list(selectors.messages_of(conversation))
+    generating = live_turn(str(conversation.id)) is not None or selectors.answer_unfinished(conversation)
+    return {**exports.conversation_data(conversation, messages), "generating": generating}

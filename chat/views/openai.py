@@ -12,59 +12,32 @@ when CHATGLM_API_KEYS is set, open otherwise; the browser session is not used.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from functools import wraps
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import inputs, params
-from ..engine import TextDelta
-from ..engine.base import ModelInfo
-from ..errors import ChatError, generation_error, unexpected_error
-from ..models import Conversation, Message, Role, Source
+from .. import inputs, params, selectors
+from ..errors import ChatError, unfinished_answer
 from ..openai_protocol import (ChatRequest, ChatShapes, ResponseShapes, ResponsesRequest, TextRequest, TextShapes,
                                choice_params, model_not_found, model_object, previous_not_found, response_id,
                                served_names, usage_of)
-from ..turns import TurnDone, TurnInput, ready_engine, start_turn
+from ..owners import http_caller
+from ..turns import Protocol, TurnDone, TurnInput, served_model, start_turn, tools_refusal
 from . import sse
-from .auth import api_caller
-from .common import json_errors, read_json
+from .common import allow, json_errors, json_response, read_json
 
 
 # -- models -----------------------------------------------------------------------------------
 
 
-async def served_model() -> ModelInfo:
-    """The loaded model's info, waiting while it loads; 503 if it cannot be loaded."""
-    return (await ready_engine()).info
-
-
-def allow(*methods: str):
-    """405 in OpenAI's error shape (inside json_errors) for any other HTTP method."""
-
-    def decorate(view):
-        @wraps(view)
-        async def wrapper(request, *args, **kwargs):
-            if request.method not in methods:
-                raise ChatError(f"Method {request.method} is not allowed here; use {' or '.join(methods)}.",
-                                status=405, code="method_not_allowed")
-            return await view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
-@csrf_exempt  # programs only: api_caller never uses the session here
+@csrf_exempt  # programs only: http_caller never uses the session here
 @json_errors()
 @allow("GET")
 async def models(request):
-    await api_caller(request, allow_session=False)
+    await http_caller(request, allow_session=False)
     names = served_names(await served_model())
     return JsonResponse({"object": "list", "data": [model_object(name) for name in names]})
 
@@ -73,7 +46,7 @@ async def models(request):
 @json_errors()
 @allow("GET")
 async def model(request, model_id: str):
-    await api_caller(request, allow_session=False)
+    await http_caller(request, allow_session=False)
     info = await served_model()
     if model_id not in served_names(info):
         raise model_not_found(model_id, info)
@@ -92,28 +65,26 @@ async def unknown_url(request, rest: str = ""):
 # -- completions ------------------------------------------------------------------------------
 
 
-def failure(turn, done: TurnDone) -> ChatError:
-    """The error for a turn that did not end with `stop` or `length`."""
-    if done.result.finish_reason == "cancelled":
-        return ChatError("The generation was cancelled by the server.", status=503, type="server_error",
-                         code="cancelled", request_id=turn.id)
-    return generation_error(done.result.error, turn.id)
+def failure(turn, done: TurnDone) -> ChatError | None:
+    """The error for an answer that OpenAI's shapes cannot carry (neither `stop` nor `length`)."""
+    if done.result.finish_reason in ("stop", "length"):
+        return None
+    return unfinished_answer(done.result.finish_reason, done.result.error, turn.id)
 
 
 async def _answer(request, parse, shapes, query_of):
     """One completion request: parse, start its turns (one per choice), answer whole or as a stream."""
-    owner = await api_caller(request, allow_session=False)
+    owner = await http_caller(request, allow_session=False)
     data = read_json(request)
     req = parse(data, await served_model())
     system_prompt, history, query = query_of(req)
     tools = getattr(req, "tools", [])
     if getattr(req, "uses_tools", False):
-        backend = (await ready_engine()).backend
         offered = [{"role": "system", "content": "", "tools": tools}]
-        refusal = backend.tools_refusal(offered, dataclasses.replace(req.params, tool_choice=None))
+        refusal = await tools_refusal(offered, dataclasses.replace(req.params, tool_choice=None))
         param = "tools" if tools else "messages"
         if refusal is None:  # the tools can be served: can the call be forced?
-            refusal, param = backend.tools_refusal(offered, req.params), "tool_choice"
+            refusal, param = await tools_refusal(offered, req.params), "tool_choice"
         if refusal is not None:
             raise ChatError(f"'{param}' cannot be served with this model: {refusal}.", param=param,
                             code="unsupported_parameter")
@@ -125,7 +96,7 @@ async def _answer(request, parse, shapes, query_of):
         for index, choice in enumerate(params_of):
             turns.append(await start_turn(TurnInput(
                 owner=owner,
-                source=Source.OPENAI,
+                protocol=Protocol.OPENAI,
                 query=query,
                 params=choice,
                 history=params.used_history(history),  # what cannot reach the model is not stored either
@@ -141,48 +112,11 @@ async def _answer(request, parse, shapes, query_of):
         raise
     shape = shapes(turns[0].id, req)
     if req.stream:
-        return sse.response(_stream_body(turns, shape), _Turns(turns))
+        return sse.turn_response(turns, CompletionEncoder(turns, shape))
     return await _whole_answer(turns, shape, keep=req.n, strip_logprobs=req.params.logprobs is None)
 
 
-class _Turns:
-    """The n turns of a streamed answer, cancelled together when the response closes."""
-
-    def __init__(self, turns):
-        self.turns = turns
-
-    def cancel(self) -> None:
-        for turn in self.turns:
-            turn.cancel()
-
-
-async def _merged_events(turns):
-    """(choice index, event) of every turn's SSE events, as they come."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(index, turn):
-        try:
-            async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
-                await queue.put((index, event))
-        except Exception as exc:  # noqa: BLE001 - handed to the reader, which reports it
-            await queue.put((index, exc))
-
-    tasks = [asyncio.create_task(pump(index, turn)) for index, turn in enumerate(turns)]
-    try:
-        ended = 0
-        while ended < len(turns):
-            index, event = await queue.get()
-            if isinstance(event, Exception):
-                raise event
-            if isinstance(event, TurnDone):
-                ended += 1
-            yield index, event
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-@csrf_exempt  # programs only: api_caller never uses the session here
+@csrf_exempt  # programs only: http_caller never uses the session here
 @json_errors()
 @allow("POST")
 async def chat_completions(request):
@@ -196,54 +130,54 @@ async def completions(request):
     return await _answer(request, TextRequest, TextShapes, lambda req: (None, [], req.prompt))
 
 
-async def _stream_body(turns, shape):
-    """Chunks as OpenAI sends them, the n choices' interleaved by index; never raises
-    (docs/pitfalls.md#sse-never-raise); a disconnect cancels the turns."""
-    try:
-        for index in range(len(turns)):
-            first = shape.first(index)
-            if first is not None:
-                yield sse.event(None, first)
-        results = [None] * len(turns)
-        async for index, event in _merged_events(turns):
-            if isinstance(event, str):
-                yield event
-            elif isinstance(event, TextDelta):
-                yield sse.event(None, shape.delta(index, event))
-            elif isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    yield sse.event(None, {"error": failure(turns[index], event).as_dict()})
-                    return
-                results[index] = event.result
-                reason = event.result.finish_reason
-                if event.result.tool_calls:
-                    for chunk in shape.tool_call_chunks(index, event.result.tool_calls):
-                        yield sse.event(None, chunk)
-                    reason = "tool_calls"
-                yield sse.event(None, shape.last(index, reason))
-        if shape.include_usage:
-            yield sse.event(None, shape.usage_chunk(usage_of(results)))
-        yield sse.event(None, "[DONE]")
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
-        yield sse.event(None, {"error": unexpected_error(exc, "completion stream").as_dict()})
-    finally:
-        for turn in turns:
-            turn.cancel()  # a client that disconnects stops its generation at the next decode step
+class CompletionEncoder(sse.Encoder):
+    """Chunks as OpenAI sends them (`data:` lines ending with `data: [DONE]`), the n choices'
+    interleaved by index; a failed choice ends the stream with its error."""
+
+    where = "completion stream"
+
+    def __init__(self, turns, shape):
+        self.turns, self.shape = turns, shape
+        self.results = [None] * len(turns)
+
+    def opening(self) -> list[str]:
+        firsts = (self.shape.first(index) for index in range(len(self.turns)))
+        return [sse.event(None, first) for first in firsts if first is not None]
+
+    def delta(self, index: int, delta) -> list[str]:
+        return [sse.event(None, self.shape.delta(index, delta))]
+
+    def done(self, index: int, done: TurnDone) -> list[str]:
+        error = failure(self.turns[index], done)
+        if error is not None:
+            self.closed = True
+            return [self.failed(error)]
+        self.results[index] = done.result
+        events, reason = [], done.result.finish_reason
+        if done.result.tool_calls:
+            events = [sse.event(None, chunk) for chunk in self.shape.tool_call_chunks(index, done.result.tool_calls)]
+            reason = "tool_calls"
+        return [*events, sse.event(None, self.shape.last(index, reason))]
+
+    def closing(self) -> list[str]:
+        usage = [sse.event(None, self.shape.usage_chunk(usage_of(self.results)))] if self.shape.include_usage else []
+        return [*usage, sse.event(None, "[DONE]")]
+
+    def failed(self, error: ChatError) -> str:
+        return sse.event(None, {"error": error.as_dict()})
 
 
 # -- responses (text turns) -------------------------------------------------------------------
 
 
-@sync_to_async
-def _check_latest(owner, req: ResponsesRequest) -> None:
+async def _check_latest(owner, req: ResponsesRequest) -> None:
     """`previous_response_id` must name the latest answer of a conversation the caller owns:
     the stored conversation is continued after it (earlier answers would need a branch)."""
     conversation_id, message_id = req.previous
-    conversation = Conversation.objects.owned_by(owner).filter(pk=conversation_id).first()
-    if conversation is None or not Message.objects.filter(conversation=conversation, pk=message_id).exists():
+    found, latest = await sync_to_async(selectors.latest_answer)(owner, conversation_id, message_id)
+    if not found:
         raise previous_not_found(req.previous_id)
-    latest = conversation.messages.filter(role=Role.ASSISTANT).order_by("-position").values_list("pk", flat=True)
-    if latest.first() != message_id:
+    if latest != message_id:
         raise ChatError("'previous_response_id' must be the latest response of its conversation: continuing an "
                         "earlier one is not supported.", param="previous_response_id", code="not_latest_response")
 
@@ -252,13 +186,13 @@ def _check_latest(owner, req: ResponsesRequest) -> None:
 @json_errors()
 @allow("POST")
 async def responses(request):
-    owner = await api_caller(request, allow_session=False)
+    owner = await http_caller(request, allow_session=False)
     req = ResponsesRequest(read_json(request), await served_model())
     if req.previous is not None:
         await _check_latest(owner, req)
     turn = await start_turn(TurnInput(
         owner=owner,
-        source=Source.OPENAI,
+        protocol=Protocol.OPENAI,
         query=req.query,
         params=req.params,
         history=None if req.previous else params.used_history(req.history),
@@ -269,31 +203,34 @@ async def responses(request):
     ))
     shape = ResponseShapes(response_id(turn.conversation_id, turn.message_id, turn.id), req)
     if req.stream:
-        return sse.response(_response_events(turn, shape), turn)
+        return sse.turn_response(turn, ResponseEncoder(turn, shape))
     return await _whole_answer([turn], shape)
 
 
-async def _response_events(turn, shape: ResponseShapes):
+class ResponseEncoder(sse.Encoder):
     """The Responses API's named events (`event: response.output_text.delta` …), as the
-    openai SDK's `responses.stream()` reads them; never raises; a disconnect cancels the turn."""
-    try:
-        for name, data in shape.opening():
-            yield sse.event(name, data)
-        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
-            if isinstance(event, str):
-                yield event
-            elif isinstance(event, TextDelta):
-                yield sse.event(*shape.delta(event.text))
-            elif isinstance(event, TurnDone):
-                if event.result.finish_reason not in ("stop", "length"):
-                    yield sse.event(*shape.failed(failure(turn, event).as_dict()))
-                    return
-                for name, data in shape.closing(event.result.text, event.result.finish_reason, event.result.usage()):
-                    yield sse.event(name, data)
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
-        yield sse.event(*shape.failed(unexpected_error(exc, "response stream").as_dict()))
-    finally:
-        turn.cancel()
+    openai SDK's `responses.stream()` reads them."""
+
+    where = "response stream"
+
+    def __init__(self, turn, shape: ResponseShapes):
+        self.turn, self.shape = turn, shape
+
+    def opening(self) -> list[str]:
+        return [sse.event(name, data) for name, data in self.shape.opening()]
+
+    def delta(self, index: int, delta) -> list[str]:
+        return [sse.event(*self.shape.delta(delta.text))]
+
+    def done(self, index: int, done: TurnDone) -> list[str]:
+        error = failure(self.turn, done)
+        if error is not None:
+            return [self.failed(error)]
+        result = done.result
+        return [sse.event(name, data) for name, data in self.shape.closing(result.text, result.finish_reason, result.usage())]
+
+    def failed(self, error: ChatError) -> str:
+        return sse.event(*self.shape.failed(error.as_dict()))
 
 
 urlpatterns = [
@@ -313,11 +250,11 @@ async def _whole_answer(turns, shape, keep: int | None = None, strip_logprobs: b
     try:
         results = []
         for turn in turns:
-            async for event in turn.events():
-                if isinstance(event, TurnDone):
-                    if event.result.finish_reason not in ("stop", "length"):
-                        raise failure(turn, event)
-                    results.append(event.result)
+            done = await turn.outcome()
+            error = failure(turn, done)
+            if error is not None:
+                raise error
+            results.append(done.result)
         if keep is not None and keep < len(results):
             ranked = sorted(results, key=lambda r: -sum(e.logprob for e in r.logprobs or ()))[:keep]
             usage = usage_of(results)  # every candidate was generated: all count
@@ -325,7 +262,7 @@ async def _whole_answer(turns, shape, keep: int | None = None, strip_logprobs: b
             body = {**shape.whole_of(results), "usage": usage}
         else:
             body = shape.whole_of(results)
-        return JsonResponse(body, json_dumps_params={"ensure_ascii": False})
+        return json_response(body)
     finally:
         for turn in turns:
             turn.cancel()  # the client went away before the answer: stop generating for nobody

@@ -13,10 +13,9 @@ from django.urls import path
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from .. import params
-from ..engine import get_engine
 from ..owners import PAGE_SESSION_KEY, VISITOR_SESSION_KEY, api_keys
 from ..throttle import new_page_session_wait
-from ..upstream_health import health_fields
+from ..turns import engine_status
 
 
 def _number(value: float) -> str:
@@ -81,28 +80,21 @@ def index(request):
             request.session[VISITOR_SESSION_KEY] = str(uuid.uuid4())
         if PAGE_SESSION_KEY not in request.session:
             request.session[PAGE_SESSION_KEY] = True
-    engine = get_engine()
-    model = engine.info.model_id if engine.ready else "loading…"
+    status = engine_status()
+    model = status["model"] if status["ready"] else "loading…"
     return render(request, "chat/index.html", {"model_name": model, "signup_mode": settings.CHATGLM["SIGNUP"],
                                                "setting_fields": SETTING_FIELDS})
 
 
 def healthz(request):
-    engine = get_engine()
-    if not engine.ready:
-        return JsonResponse({"status": engine.state, "queue": engine.queue_length()}, status=503)
-    info = engine.info
+    status = engine_status()
+    if not status["ready"]:
+        return JsonResponse({"status": status["state"], "queue": status["queue"]}, status=503)
+    fields = ("model", "backend", "device", "dtype", "quantize", "context_length", "queue", "running")
     return JsonResponse({
         "status": "ok",
-        "model": info.model_id,
-        "backend": info.backend,
-        "device": info.device,
-        "dtype": info.dtype,
-        "quantize": info.quantize,
-        "context_length": info.context_length,
-        "queue": engine.queue_length(),
-        "running": engine.running_count(),
-        **health_fields(engine),  # the upstream engine's reachability (chat/upstream_health.py)
+        **{name: status[name] for name in fields},
+        **status["health"],  # the upstream engine's reachability (chat/upstream_health.py)
     })
 
 

@@ -7,7 +7,9 @@ from django.urls import path
 
 from .. import exports, search
 from ..errors import invalid
-from .conversations import MAX_SEARCH_CHARS, _json, _methods, _owner
+from ..owners import page_caller
+from .common import json_response, methods
+from .conversations import MAX_SEARCH_CHARS
 
 
 async def search_conversations(request):
@@ -16,9 +18,9 @@ async def search_conversations(request):
         raise invalid("q", "'q' is required.", "missing")
     if len(query) > MAX_SEARCH_CHARS:
         raise invalid("q", f"'q' is longer than {MAX_SEARCH_CHARS} characters.", "too_long")
-    owner = await _owner(request)
+    owner = await page_caller(request)
     hits = await sync_to_async(search.search)(owner, query)
-    return _json({"query": query, "results": [
+    return json_response({"query": query, "results": [
         {
             **exports.conversation_summary(hit.conversation),
             "message_id": hit.message_id,
@@ -30,4 +32,4 @@ async def search_conversations(request):
     ]})
 
 
-urlpatterns = [path("api/search", _methods(GET=search_conversations), name="search")]
+urlpatterns = [path("api/search", methods(GET=search_conversations), name="search")]

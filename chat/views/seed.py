@@ -7,20 +7,16 @@ working: the same fields, `event: delta` with a JSON `data`, and a final event w
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
 
 from .. import live, params
-from ..engine import TextDelta, get_engine
-from ..errors import ChatError, generation_error, invalid, unexpected_error
-from ..models import Source
-from ..turns import TurnDone, TurnInput, start_turn
+from ..errors import ChatError, generation_error, invalid
+from ..turns import Protocol, TurnDone, TurnInput, clear_engine_cache, start_turn
 from . import sse
-from .auth import api_caller
-from .common import json_errors, read_json
+from ..owners import http_caller
+from .common import allow, json_errors, json_response, read_json
 
 SEED_ENVELOPE = {"success": False}
 
@@ -41,7 +37,7 @@ class SeedTurn:
 
 
 async def _turn_input(request) -> SeedTurn:
-    owner = await api_caller(request)
+    owner = await http_caller(request)
     data = read_json(request)
     query = params.text(data, "query")
     conversation_id = params.conversation_id(data.get("conversation_id"))
@@ -50,12 +46,11 @@ async def _turn_input(request) -> SeedTurn:
     history = params.history_pairs(data.get("history"))
     inp = TurnInput(
         owner=owner,
-        source=Source.WEB if owner.is_person else Source.API,
+        protocol=Protocol.SEED,
         query=query,
         params=params.generation_params(data),
         history=params.used_history(history),
         conversation_id=conversation_id,
-        store=settings.CHATGLM["STORE_API_TURNS"] or owner.is_person,
     )
     return SeedTurn(inp, history)
 
@@ -78,63 +73,54 @@ def final_fields(seed: SeedTurn, turn, done: TurnDone) -> dict:
     }
 
 
-def generation_failed(turn, done: TurnDone) -> ChatError:
-    return generation_error(done.result.error, turn.id)
-
-
-@csrf_exempt  # api_caller enforces CSRF for requests that use the session cookie
-@require_http_methods(["POST"])
+@csrf_exempt  # http_caller enforces CSRF for requests that use the session cookie
 @json_errors(SEED_ENVELOPE)
+@allow("POST")
 async def chat(request):
     seed, turn = await _start(request)
-    try:
-        async for event in turn.events():
-            if isinstance(event, TurnDone):
-                if event.result.finish_reason == "error":
-                    raise generation_failed(turn, event)
-                return JsonResponse({**final_fields(seed, turn, event), "success": True},
-                                    json_dumps_params={"ensure_ascii": False})
-    finally:
-        turn.cancel()  # the client went away before the answer: stop generating for nobody
+    done = await turn.outcome()
+    if done.result.finish_reason == "error":
+        raise generation_error(done.result.error, turn.id)
+    return json_response({**final_fields(seed, turn, done), "success": True})
 
 
 @csrf_exempt
-@require_http_methods(["POST"])
 @json_errors(SEED_ENVELOPE)  # errors before the stream opens are JSON, like /chat's
+@allow("POST")
 async def stream(request):
     seed, turn = await _start(request)
     if turn.owner.is_person:
         live.ensure_broadcast(turn)  # the page's fallback: the person's other tabs see it live too
-    return sse.response(_stream_body(seed, turn), turn)
+    return sse.turn_response(turn, SeedEncoder(seed, turn))
 
 
-async def _stream_body(seed: SeedTurn, turn):
-    response = ""  # the answer so far as this client has seen it (turn.text may be further on)
-    try:
-        async for event in sse.turn_events(turn, settings.CHATGLM["PING_SECONDS"]):
-            if isinstance(event, str):
-                yield event
-            elif isinstance(event, TextDelta):
-                response += event.text
-                yield sse.event("delta", {"delta": event.text, "response": response, "finished": False})
-            elif isinstance(event, TurnDone):
-                if event.result.finish_reason == "error":
-                    yield sse.event("error", {**SEED_ENVELOPE, "error": generation_failed(turn, event).as_dict()})
-                else:
-                    yield sse.event("delta", {"delta": "", **final_fields(seed, turn, event), "finished": True})
-    except Exception as exc:  # noqa: BLE001 - never let a stream body raise (docs/pitfalls.md#sse-never-raise)
-        yield sse.event("error", {**SEED_ENVELOPE, "error": unexpected_error(exc, "stream").as_dict()})
-    finally:
-        turn.cancel()  # a client that disconnects stops its generation at the next decode step
+class SeedEncoder(sse.Encoder):
+    """The demo's events: `delta` with the answer so far, then one with `finished: true`."""
+
+    def __init__(self, seed: SeedTurn, turn):
+        self.seed, self.turn = seed, turn
+        self.response = ""  # the answer so far as this client has seen it (turn.text may be further on)
+
+    def delta(self, index: int, delta) -> list[str]:
+        self.response += delta.text
+        return [sse.event("delta", {"delta": delta.text, "response": self.response, "finished": False})]
+
+    def done(self, index: int, done: TurnDone) -> list[str]:
+        if done.result.finish_reason == "error":
+            return [self.failed(generation_error(done.result.error, self.turn.id))]
+        return [sse.event("delta", {"delta": "", **final_fields(self.seed, self.turn, done), "finished": True})]
+
+    def failed(self, error: ChatError) -> str:
+        return sse.event("error", {**SEED_ENVELOPE, "error": error.as_dict()})
 
 
 @csrf_exempt
-@require_http_methods(["GET", "POST"])
 @json_errors(SEED_ENVELOPE)
+@allow("GET", "POST")
 async def clear(request):
     """Free cached accelerator memory (the seed's /clear); a no-op on CPU."""
-    await api_caller(request)
-    get_engine().clear_cache()
+    await http_caller(request)
+    clear_engine_cache()
     return JsonResponse({"success": True})
 
 

@@ -13,25 +13,26 @@ from django.shortcuts import render
 from django.urls import path
 
 from .. import params, sharing
-from .conversations import _json, _methods, _owner
+from ..owners import page_caller
+from .common import json_response, methods
 
 NOINDEX = "noindex, nofollow, noarchive"
 
 
 async def create_share(request, conversation_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     share = await sync_to_async(sharing.create_share)(owner, params.conversation_id(conversation_id))
-    return _json(sharing.share_data(share), status=201)
+    return json_response(sharing.share_data(share), status=201)
 
 
 async def list_shares(request, conversation_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     shares = await sync_to_async(sharing.shares_of)(owner, params.conversation_id(conversation_id))
-    return _json({"shares": [sharing.share_data(s) for s in shares]})
+    return json_response({"shares": [sharing.share_data(s) for s in shares]})
 
 
 async def revoke_share(request, share_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     await sync_to_async(sharing.revoke_share)(owner, share_id)
     return HttpResponse(status=204)
 
@@ -51,8 +52,8 @@ def shared_page(request, share_id):
 
 
 urlpatterns = [
-    path("api/conversations/<str:conversation_id>/shares", _methods(GET=list_shares, POST=create_share),
+    path("api/conversations/<str:conversation_id>/shares", methods(GET=list_shares, POST=create_share),
          name="conversation-shares"),
-    path("api/shares/<str:share_id>", _methods(DELETE=revoke_share), name="share"),
+    path("api/shares/<str:share_id>", methods(DELETE=revoke_share), name="share"),
     path("s/<str:share_id>", shared_page, name="shared"),
 ]

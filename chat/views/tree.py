@@ -10,37 +10,19 @@ out (`history_truncated`), the same fitting as a real turn (`turns.fit_history`)
 
 from __future__ import annotations
 
-import asyncio
-
 from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.db import transaction
 from django.urls import path
 
-from .. import params, selectors, tree
-from ..engine import GenerationParams
-from ..errors import ChatError, invalid, not_found
-from ..models import Conversation, Role
-from ..turns import fit_history, live_turn, ready_engine, to_messages
-from .common import read_json
-from .conversations import _detail, _json, _methods, _owner
-
-
-@sync_to_async
-def _switch(owner, conversation_id, message_id: int) -> None:
-    with transaction.atomic():
-        conversation = Conversation.objects.owned_by(owner).select_for_update().filter(pk=conversation_id).first()
-        if conversation is None:
-            raise not_found()
-        messages = tree.by_id(conversation.messages.only("id", "parent_id", "position"))
-        if message_id not in messages:
-            raise invalid("message_id", "'message_id' is not a message of this conversation.", "not_found")
-        conversation.current_leaf_id = tree.deepest(messages, message_id)
-        conversation.save(update_fields=["current_leaf"])  # not updated_at: reading is not activity
+from .. import params, selectors, services, tree
+from ..errors import ChatError, invalid, turn_in_progress
+from ..models import Role
+from ..owners import page_caller
+from ..turns import live_turn, measure_context
+from .common import conversation_detail, json_response, methods, read_json
 
 
 async def switch_branch(request, conversation_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     conversation_id = params.conversation_id(conversation_id)
     data = read_json(request)
     unknown = sorted(set(data) - {"message_id"})
@@ -50,10 +32,9 @@ async def switch_branch(request, conversation_id):
         raise invalid("message_id", "'message_id' is required.", "missing")
     message_id = params.message_id(data["message_id"], "message_id")
     if live_turn(str(conversation_id)) is not None:
-        raise ChatError("An answer is still being generated in this conversation.", status=409,
-                        type="invalid_request_error", param="conversation_id", code="turn_in_progress")
-    await _switch(owner, conversation_id, message_id)
-    return _json(await _detail(owner, conversation_id))
+        raise turn_in_progress()
+    await sync_to_async(services.switch_branch)(owner, conversation_id, message_id)
+    return json_response(await conversation_detail(owner, conversation_id))
 
 
 @sync_to_async
@@ -65,34 +46,16 @@ def _current(owner, conversation_id):
 
 
 async def context_usage(request, conversation_id):
-    owner = await _owner(request)
+    owner = await page_caller(request)
     conversation, pairs, _ = await _current(owner, params.conversation_id(conversation_id))
-    engine = await ready_engine()
     try:
         generation = params.generation_params(conversation.settings or {})
     except ChatError:
-        generation = GenerationParams()
-    system = conversation.system_prompt
-
-    def measure():
-        whole = engine.count_prompt_tokens(to_messages(system, pairs, ""))
-        sent, truncated = fit_history(engine, system, pairs, "", generation)
-        return whole, engine.count_prompt_tokens(sent), truncated
-
-    whole, sent, truncated = await asyncio.to_thread(measure)
-    context = engine.info.context_length
-    return _json({
-        "prompt_tokens": whole,  # the whole current path, before any is left out
-        "sent_tokens": sent,  # what the next request sends (before the new question)
-        "context_length": context,
-        "answer_room": min(generation.max_new_tokens or 512, context // 4),
-        "history_pairs": len(pairs),
-        "max_history": max(0, settings.CHATGLM["MAX_HISTORY"]),
-        "history_truncated": truncated,
-    })
+        generation = params.generation_params({})
+    return json_response(await measure_context(conversation.system_prompt, pairs, generation))
 
 
 urlpatterns = [
-    path("api/conversations/<str:conversation_id>/switch", _methods(POST=switch_branch), name="conversation-switch"),
-    path("api/conversations/<str:conversation_id>/context", _methods(GET=context_usage), name="conversation-context"),
+    path("api/conversations/<str:conversation_id>/switch", methods(POST=switch_branch), name="conversation-switch"),
+    path("api/conversations/<str:conversation_id>/context", methods(GET=context_usage), name="conversation-context"),
 ]

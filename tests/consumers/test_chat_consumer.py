@@ -394,3 +394,30 @@ async def test_a_tab_following_a_conversation_sees_an_answer_asked_over_sse(slow
     assert text_of(frames) == frames[-1]["response"]
     await response.streaming_content.aclose()
     await tab.disconnect()
+
+
+async def test_an_answer_nobody_else_follows_sends_no_deltas_through_the_channel_layer(slow_engine, monkeypatch):
+    """The asking socket writes its own frames; the layer hears only that the answer started
+    and ended (for other tabs), not each delta."""
+    from channels.layers import get_channel_layer
+
+    socket = await open_socket(await visitor_session())
+    layer = get_channel_layer()
+    sent, original = [], layer.group_send
+
+    async def recording(group, message):
+        sent.append(message["type"])
+        return await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recording)
+    await socket.send_json_to({"type": "chat", "query": LONG})
+    frames = await frames_until(socket, "done")
+    assert len([f for f in frames if f["type"] == "delta"]) > 2
+    assert text_of(frames) == frames[-1]["response"] == "You said: " + LONG
+    for _ in range(200):  # the broadcaster announces the end on its own, after the socket's `done`
+        if "turn.done" in sent:
+            break
+        await asyncio.sleep(0.01)
+    assert "turn.delta" not in sent
+    assert sent.count("turn.start") == sent.count("turn.done") == 1
+    await socket.disconnect()

@@ -95,6 +95,16 @@ async def test_clear(engine, async_client):
         assert r.status_code == 200 and r.json() == {"success": True}
 
 
+@pytest.mark.parametrize("method, url, allowed", [
+    ("get", "/chat", "POST"), ("put", "/stream", "POST"), ("delete", "/clear", "GET, POST"),
+])
+async def test_a_wrong_method_is_a_json_405_with_allow(engine, async_client, method, url, allowed):
+    r = await getattr(async_client, method)(url)
+    assert r.status_code == 405 and r["Allow"] == allowed
+    body = r.json()
+    assert body["success"] is False and body["error"]["code"] == "method_not_allowed"
+
+
 async def test_store_api_turns_off(engine, async_client, settings):
     settings.CHATGLM = {**settings.CHATGLM, "STORE_API_TURNS": False}
     body = (await post(async_client, "/chat", {"query": "private"})).json()

@@ -14,12 +14,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from django.utils import timezone
 
-from chat.models import Conversation, Message
-
-BATCH = 500
+from chat import services
+from chat.models import Message
 
 
 class Command(BaseCommand):
@@ -42,7 +40,7 @@ class Command(BaseCommand):
             raise CommandError("--days must be at least 1.")
 
         cutoff = timezone.now() - timedelta(days=days)
-        expired = Conversation.objects.filter(updated_at__lt=cutoff)
+        expired = services.expired_conversations(cutoff)
         if dry_run:
             conversations = expired.count()
             messages = Message.objects.filter(conversation__in=expired).count()
@@ -50,17 +48,6 @@ class Command(BaseCommand):
                               f"not updated since {cutoff:%Y-%m-%d %H:%M} UTC (dry run).")
             return
 
-        conversations = messages = 0
-        while True:
-            ids = list(expired.order_by("updated_at").values_list("pk", flat=True)[:BATCH])
-            if not ids:
-                break
-            with transaction.atomic():
-                # Re-check the age inside the transaction: a turn may have touched one since.
-                _, counts = Conversation.objects.filter(pk__in=ids, updated_at__lt=cutoff).delete()
-            conversations += counts.get(Conversation._meta.label, 0)
-            messages += counts.get(Message._meta.label, 0)
-            if len(ids) < BATCH:
-                break
+        conversations, messages = services.purge_conversations(cutoff)
         self.stdout.write(f"Deleted {conversations} conversation(s) and {messages} message(s) "
                           f"not updated since {cutoff:%Y-%m-%d %H:%M} UTC.")

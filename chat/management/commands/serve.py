@@ -82,7 +82,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
         self.listen_fd = options["listen_fd"]
 
-        from chat.turns import mark_interrupted_answers
+        from chat.services import mark_interrupted_answers
 
         # A worker starts while its siblings generate: only a whole start marks leftovers.
         interrupted = mark_interrupted_answers() if self.listen_fd is None else 0

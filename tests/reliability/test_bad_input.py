@@ -136,8 +136,8 @@ case("image-part", "openai", raw({"model": "fake", "messages": [{"role": "user",
      400, "unsupported_content", "messages[0].content[0].type")
 case("stream-not-a-boolean", "openai", raw({"model": "fake", "messages": [{"role": "user", "content": "x"}],
                                             "stream": "yes"}), 400, "invalid_type", "stream")
-case("n-of-2", "openai", raw({"model": "fake", "messages": [{"role": "user", "content": "x"}], "n": 2}), 400,
-     "unsupported_parameter", "n")
+case("n-past-the-server-limit", "openai", raw({"model": "fake", "messages": [{"role": "user", "content": "x"}], "n": 9}),
+     400, "invalid_value", "n")
 case("huge-role", "openai", raw({"model": "fake", "messages": [{"role": "r" * 100_000, "content": "x"}]}), 400,
      "invalid_value", "messages[0].role")
 case("huge-unknown-field", "conversation-create", raw({"f" * 100_000: 1}), 400, "unknown_field")

@@ -23,8 +23,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chat.engine.models.chatglm import ChatGLMConfig, ChatGLMv2  # noqa: E402
-from chat.engine.models.loading import QUANTIZABLE  # noqa: E402
+from chat.engine.networks.chatglm import ChatGLMConfig, ChatGLMv2  # noqa: E402
+from chat.engine.networks.loading import QUANTIZABLE  # noqa: E402
 from chat.engine.quantize import QuantizedLinear, weight_bytes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

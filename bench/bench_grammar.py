@@ -81,7 +81,7 @@ def tokenizers() -> list[tuple[str, object, list[int], int]]:
     from transformers import AutoTokenizer
 
     from chat.engine.backends.transformers import embedded_gguf, gguf_cache_dir
-    from chat.engine.models.chatglm_tokenizer import load_tokenizer
+    from chat.engine.networks.chatglm_tokenizer import load_tokenizer
 
     out = []
     smol = gguf_cache_dir(embedded_gguf(), MODEL_CACHE)

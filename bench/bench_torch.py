@@ -78,7 +78,11 @@ def cpu_info() -> dict:
 
 
 def smollm2_backend():
-    from chat.engine.backends.transformers import TransformersBackend, embedded_gguf, gguf_cache_dir
+    from chat.engine.backends.transformers import (
+        TransformersBackend,
+        embedded_gguf,
+        gguf_cache_dir,
+    )
     from chat.engine.config import EngineConfig
 
     directory = gguf_cache_dir(embedded_gguf(), MODEL_CACHE)
@@ -91,8 +95,8 @@ def chatglm_checkpoint() -> Path:
     from safetensors.torch import save_file
     from torch import nn
 
-    from chat.engine.models.chatglm import ChatGLMConfig, ChatGLMv2
-    from chat.engine.models.chatglm_tokenizer import load_tokenizer
+    from chat.engine.networks.chatglm import ChatGLMConfig, ChatGLMv2
+    from chat.engine.networks.chatglm_tokenizer import load_tokenizer
 
     fixture = ROOT / "tests" / "fixtures" / "chatglm" / "chatglm3-6b-tiny"
     tag = "-".join(str(v) for v in CHATGLM_SHAPE.values())
@@ -229,7 +233,7 @@ class Worker:
                 "overhead_ms_per_step": 1000 * (self.thread_cpu - self.clock.inside) / tokens}
 
     async def _engine(self, streams: int, tokens: int):
-        from chat.engine.base import GenerationParams, GenerationResult
+        from chat.engine.vocabulary import GenerationParams, GenerationResult
 
         params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
         requests = [self.engine.submit(MESSAGES, params) for _ in range(streams)]  # no await between: one batch

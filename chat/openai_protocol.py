@@ -25,7 +25,7 @@ from django.conf import settings
 
 from . import inputs, params
 from .engine import GenerationParams, GenerationResult, TextDelta, TopLogprob
-from .engine.base import ModelInfo
+from .engine.vocabulary import ModelInfo
 from .errors import ChatError, invalid
 
 OWNED_BY = "chatglm-django"

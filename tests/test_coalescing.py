@@ -10,9 +10,9 @@ import json
 import pytest
 
 from chat.engine import GenerationParams, QueuePosition, Started, TextDelta
-from chat.engine.base import GenerationResult
+from chat.engine.vocabulary import GenerationResult
 from chat.owners import Owner
-from chat.turns import IDLE, Protocol, Turn, TurnDone, TurnInput, start_turn
+from chat.turns import IDLE, Protocol, Turn, TurnDone, TurnInput
 from tests.views.sse_client import parse
 
 API = Owner(api_key="tests")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import threading
 
-from .base import (  # noqa: F401 - the engine's public vocabulary
+from .config import EngineConfig
+from .constraints import Constraint, UnsupportedConstraint  # noqa: F401
+from .scheduler import Engine
+from .vocabulary import (  # noqa: F401 - the engine's public vocabulary
     EngineError,
     EngineOverloaded,
     EngineUnavailable,
@@ -20,9 +23,6 @@ from .base import (  # noqa: F401 - the engine's public vocabulary
     TokenLogprob,
     TopLogprob,
 )
-from .config import EngineConfig
-from .constraints import Constraint, UnsupportedConstraint  # noqa: F401
-from .scheduler import Engine
 
 _engine: Engine | None = None
 _lock = threading.Lock()

@@ -4,7 +4,7 @@ A backend supplies what is model-specific: its prompt format and token decoder, 
 are prefilled into a key/value cache, and how that cache takes one step, drops rows and takes
 newcomers in (a `KVBatch`). This module owns the rest, once for all: applying the token budget,
 picking every row's next token in one batched pass (`sampling.pick_tokens`, with the ids each
-row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Sequence.push_token`),
+row has seen kept as a [B, V] mask), the per-row bookkeeping (EOS, `Generation.push_token`),
 dropping finished rows, and merging requests that arrived meanwhile between steps.
 
 The helpers at the end do the cache bookkeeping that both cache layouts need: left-padding
@@ -20,10 +20,11 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .base import Decoder, GenerationParams, Message, Sequence, TokenLogprob, TopLogprob
 from .constraints import UnsupportedConstraint
+from .generation import Decoder, Generation
 from .grammar import Vocabulary, mask_rows
 from .sampling import SamplingConfig, choose, logprobs_of, make_generator, penalise
+from .vocabulary import ChatMessage, GenerationParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Row:
 
     __slots__ = ("seq", "sampling", "generator", "matcher")
 
-    def __init__(self, seq: Sequence, sampling: SamplingConfig, generator: torch.Generator | None):
+    def __init__(self, seq: Generation, sampling: SamplingConfig, generator: torch.Generator | None):
         self.seq, self.sampling, self.generator = seq, sampling, generator
         self.matcher = None  # the grammar state of a row with a constraint (grammar.Matcher)
 
@@ -90,7 +91,7 @@ class ContinuousBatcher:
     def __init__(
         self,
         *,
-        prompt: Callable[[list[Message]], list[int]],
+        prompt: Callable[[list[ChatMessage]], list[int]],
         decoder: Callable[[], Decoder],
         prefill: Callable[[list[list[int]]], tuple[torch.Tensor, KVBatch]],
         eos_ids: Iterable[int],
@@ -111,13 +112,13 @@ class ContinuousBatcher:
         # use: rows without a constraint never need it.
         self.vocabulary = vocabulary
 
-    def start(self, seq: Sequence) -> list[int] | None:
+    def start(self, seq: Generation) -> list[int] | None:
         """Build the prompt and begin the sequence with its budget; None if it has no room."""
         prompt = self.prompt(seq.messages)
         budget = self.budget(seq.params, len(prompt))
         return prompt if seq.begin(len(prompt), self.decoder(), budget) else None
 
-    def run(self, sequences: list[Sequence], admit: Callable[[int], list[Sequence]]) -> None:
+    def run(self, sequences: list[Generation], admit: Callable[[int], list[Generation]]) -> None:
         """Decode until every sequence has ended; between steps, up to the free room of
         sequences from `admit(n)` are prefilled and merged into the batch."""
         batch = self._prefill(sequences)
@@ -133,7 +134,7 @@ class ContinuousBatcher:
                 return
             batch = self._step(batch)
 
-    def _prefill(self, sequences: list[Sequence]) -> Batch | None:
+    def _prefill(self, sequences: list[Generation]) -> Batch | None:
         rows, prompts = [], []
         for seq in sequences:
             prompt = self.start(seq)

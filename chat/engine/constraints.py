@@ -13,7 +13,7 @@ from typing import Any
 
 import llguidance
 
-from .base import EngineError
+from .vocabulary import EngineError
 
 # OpenAI's {"type": "json_object"}: any JSON object.
 JSON_OBJECT_SCHEMA = '{"type":"object"}'

@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from .base import GenerationParams
+from .vocabulary import GenerationParams
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ instead of letting latency grow without end. It is also shared fairly: a request
 requests waiting (CHATGLM_MAX_QUEUED_PER_CLIENT, default a quarter of the queue), and the
 waiting line is kept in round-robin order across owners (each owner's first waiting request,
 then each one's second...), so one busy client cannot push everyone else to the back. A request whose caller goes away is cancelled
-at the next decode step (Sequence.push_token sees the flag), or removed from the queue if
+at the next decode step (Generation.push_token sees the flag), or removed from the queue if
 it had not started.
 """
 
@@ -29,17 +29,17 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 
-from .base import (
-    Backend,
+from .backend import Backend
+from .generation import Generation
+from .vocabulary import (
+    ChatMessage,
     EngineOverloaded,
     EngineUnavailable,
     Event,
     GenerationParams,
     GenerationResult,
-    Message,
     ModelInfo,
     QueuePosition,
-    Sequence,
 )
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,14 @@ class Request:
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine: Engine, messages: list[Message], params: GenerationParams, owner: str | None = None):
+    def __init__(self, engine: Engine, messages: list[ChatMessage], params: GenerationParams, owner: str | None = None):
         self.id = next(self._ids)
         self.owner = owner
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._cancel = threading.Event()
-        self.sequence = Sequence(messages, params, self._emit_threadsafe, self._cancel)
+        self.sequence = Generation(messages, params, self._emit_threadsafe, self._cancel)
         self.result: GenerationResult | None = None
 
     def _emit_threadsafe(self, event: Event) -> None:
@@ -191,7 +191,7 @@ class Engine:
         with self._cond:
             return len(self._running)
 
-    def submit(self, messages: list[Message], params: GenerationParams, owner: str | None = None) -> Request:
+    def submit(self, messages: list[ChatMessage], params: GenerationParams, owner: str | None = None) -> Request:
         """Admit a request, or raise EngineOverloaded/EngineUnavailable at once.
 
         `owner` (any string; None: nobody in particular) gets a fair share of the queue."""
@@ -224,14 +224,14 @@ class Engine:
             request._emit_threadsafe(QueuePosition(position))
         return request
 
-    async def stream(self, messages: list[Message], params: GenerationParams,
+    async def stream(self, messages: list[ChatMessage], params: GenerationParams,
                      owner: str | None = None) -> AsyncIterator[Event]:
         """`async for event in engine.stream(...)`: the events of one request."""
         request = self.submit(messages, params, owner)
         async for event in request.events():
             yield event
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return self.backend.count_prompt_tokens(messages)
 
     def clear_cache(self) -> None:
@@ -318,7 +318,7 @@ class Engine:
             return batch
 
     def _generate(self, backend: Backend, batch: list[Request]) -> None:
-        def prepared(seq: Sequence) -> Sequence:
+        def prepared(seq: Generation) -> Generation:
             seq.tool_parser = backend.tool_parser(seq.messages, seq.params)
             forced = backend.tool_constraint(seq.messages, seq.params)
             if forced is not None:  # a forced tool call: the answer is held to the call's grammar
@@ -330,7 +330,7 @@ class Engine:
             if request.cancelled:
                 request.sequence.finish("cancelled")
 
-        def admit(limit: int) -> list[Sequence]:
+        def admit(limit: int) -> list[Generation]:
             """Move up to `limit` waiting requests into the running batch."""
             with self._cond:
                 taken = [self._waiting.popleft() for _ in range(min(max(0, limit), len(self._waiting)))]

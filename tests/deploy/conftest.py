@@ -8,7 +8,6 @@ import re
 import time
 import uuid
 
-import httpx
 import pytest
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS", "redis://127.0.0.1:6379/0")

@@ -9,10 +9,8 @@ import sqlite3
 import threading
 
 import httpx
-import pytest
 
 from tests.deploy.conftest import wait_for
-
 
 
 def open_stream(server, words: int):

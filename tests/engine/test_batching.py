@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chat.engine.base import GenerationParams
 from chat.engine.backends.fake import FakeBackend
 from chat.engine.batching import cat_left_padded, padding_columns
+from chat.engine.vocabulary import GenerationParams
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The ChatGLM backend through the engine's Sequence contract: golden answers, streaming, limits."""
+"""The ChatGLM backend through the engine's Generation contract: golden answers, streaming, limits."""
 
 from __future__ import annotations
 
@@ -8,11 +8,23 @@ import pytest
 
 from chat.engine.backends import resolve_backend_name
 from chat.engine.backends.chatglm import ChatGLMBackend
-from chat.engine.base import GenerationParams, GenerationResult, Sequence, Started, TextDelta
 from chat.engine.config import EngineConfig
 from chat.engine.detokenize import REPLACEMENT
+from chat.engine.generation import Generation
+from chat.engine.vocabulary import (
+    GenerationParams,
+    GenerationResult,
+    Started,
+    TextDelta,
+)
 
-from .chatglm_fixtures import FAMILIES, case_messages, checkpoint, expected_response, golden
+from .chatglm_fixtures import (
+    FAMILIES,
+    case_messages,
+    checkpoint,
+    expected_response,
+    golden,
+)
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=32)
 
@@ -31,13 +43,13 @@ def backend(family):
 
 
 class Recorder:
-    """A Sequence plus the events it emitted."""
+    """A Generation plus the events it emitted."""
 
     def __init__(self, messages, params=GREEDY, cancel_after_deltas: int | None = None):
         self.events = []
         self.cancel = threading.Event()
         self.cancel_after_deltas = cancel_after_deltas
-        self.seq = Sequence(messages, params, self._emit, self.cancel)
+        self.seq = Generation(messages, params, self._emit, self.cancel)
 
     def _emit(self, event):
         self.events.append(event)

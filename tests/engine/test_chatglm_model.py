@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from chat.engine.models.chatglm import ChatGLMv1, ChatGLMv2
-from chat.engine.models.loading import detect_family, load_model, read_config, weight_files
+from chat.engine.networks.chatglm import ChatGLMv1, ChatGLMv2
+from chat.engine.networks.loading import detect_family, load_model, read_config, weight_files
 
 from .chatglm_fixtures import FAMILIES, checkpoint, golden
 

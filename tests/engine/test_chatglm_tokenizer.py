@@ -8,7 +8,7 @@ import re
 import pytest
 
 from chat.engine.detokenize import REPLACEMENT
-from chat.engine.models.chatglm_tokenizer import (
+from chat.engine.networks.chatglm_tokenizer import (
     StripWhitespace,
     TextRewrite,
     load_tokenizer,

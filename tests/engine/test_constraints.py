@@ -13,9 +13,10 @@ import pytest
 from chat.engine.backends.chatglm import ChatGLMBackend
 from chat.engine.backends.llamacpp import LlamaCppBackend
 from chat.engine.backends.transformers import TransformersBackend
-from chat.engine.base import GenerationParams, Sequence
 from chat.engine.config import EngineConfig
 from chat.engine.constraints import Constraint
+from chat.engine.generation import Generation
+from chat.engine.vocabulary import GenerationParams
 
 from .chatglm_fixtures import FAMILIES, checkpoint
 
@@ -37,7 +38,7 @@ def valid_person(text: str) -> bool:
 
 
 def generate(backend, params_list, messages=MESSAGES):
-    sequences = [Sequence(messages, params, lambda event: None, threading.Event()) for params in params_list]
+    sequences = [Generation(messages, params, lambda event: None, threading.Event()) for params in params_list]
     backend.generate(sequences)
     return [seq.result for seq in sequences]
 

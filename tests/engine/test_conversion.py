@@ -25,7 +25,7 @@ import torch
 from chat.engine.config import ConfigError
 from chat.engine.conversion import ensure_gguf
 from chat.engine.conversion.vocab import GLM4_SPLIT
-from chat.engine.models.chatglm_tokenizer import load_tokenizer, postprocess_response
+from chat.engine.networks.chatglm_tokenizer import load_tokenizer, postprocess_response
 
 from .chatglm_fixtures import REPO_ROOT, answer_ids, case_messages, checkpoint, expected_response, golden
 

@@ -10,11 +10,11 @@ import json
 import pytest
 
 from chat.engine.backends.chatglm import ChatGLMBackend
-from chat.engine.base import GenerationParams, GenerationResult, TextDelta
 from chat.engine.config import EngineConfig
 from chat.engine.constraints import Constraint, grammar_of
 from chat.engine.scheduler import Engine
 from chat.engine.tools import forced_call_lark, glm4_parser, python_arguments
+from chat.engine.vocabulary import GenerationParams, GenerationResult, TextDelta
 from tests.engine.chatglm_fixtures import checkpoint
 
 WEATHER = {"name": "get_weather", "description": "The weather of a city", "parameters": {

@@ -11,9 +11,16 @@ import pytest
 
 from chat.engine.backends import auto_choice, check_model_exists, resolve_backend_name
 from chat.engine.backends.llamacpp import LlamaCppBackend, gguf_context_length
-from chat.engine.base import EngineOverloaded, GenerationParams, GenerationResult, QueuePosition, Started, TextDelta
 from chat.engine.config import ConfigError, EngineConfig, embedded_gguf
 from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import (
+    EngineOverloaded,
+    GenerationParams,
+    GenerationResult,
+    QueuePosition,
+    Started,
+    TextDelta,
+)
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
 

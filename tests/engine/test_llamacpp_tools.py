@@ -13,9 +13,9 @@ import pytest
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
 from chat.engine.backends.llamacpp import LlamaCppBackend, gguf_tools_missing
-from chat.engine.base import GenerationParams, GenerationResult, TextDelta
 from chat.engine.config import EngineConfig, embedded_gguf
 from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import GenerationParams, GenerationResult, TextDelta
 
 # Qwen2.5's template, shortened: the tools in <tools>, calls as <tool_call>{"name", "arguments"}</tool_call>.
 HERMES_TEMPLATE = (

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from chat.engine.backends.chatglm import ChatGLMBackend
-from chat.engine.base import GenerationParams, Sequence
 from chat.engine.config import EngineConfig
-from chat.engine.models.loading import load_model
+from chat.engine.generation import Generation
+from chat.engine.networks.loading import load_model
 from chat.engine.quantize import QuantizedLinear, weight_bytes
+from chat.engine.vocabulary import GenerationParams
 
 from .chatglm_fixtures import FAMILIES, case_messages, checkpoint, golden
 
@@ -96,7 +97,7 @@ def test_backend_generates_with_int8():
     backend.load()
     assert backend.info.quantize == 8
     results = []
-    seq = Sequence(
+    seq = Generation(
         case_messages(golden("v2")["cases"][0]),
         GenerationParams(temperature=0, max_new_tokens=8),
         results.append,

@@ -12,9 +12,9 @@ import pytest
 from chat.engine.backends.chatglm import ChatGLMBackend
 from chat.engine.backends.llamacpp import LlamaCppBackend
 from chat.engine.backends.transformers import TransformersBackend
-from chat.engine.base import GenerationParams, GenerationResult, TextDelta
 from chat.engine.config import DEFAULT_MODEL, EngineConfig
 from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import GenerationParams, GenerationResult, TextDelta
 from tests.engine.chatglm_fixtures import checkpoint
 
 pytestmark = pytest.mark.slow
@@ -27,10 +27,10 @@ def engine(request, tmp_path_factory):
     if request.param == "chatglm":
         factory = lambda: ChatGLMBackend(EngineConfig(model=str(checkpoint("v2")), max_batch_size=4))  # noqa: E731
     elif request.param == "transformers":
-        from tests.engine.test_transformers_backend import build_checkpoint
         from transformers import AutoTokenizer
 
         from tests.conftest import default_model_dir  # noqa: F401 - the session fixture's folder
+        from tests.engine.test_transformers_backend import build_checkpoint
 
         path = tmp_path_factory.mktemp("tiny")
         build_checkpoint(path, AutoTokenizer.from_pretrained(request.getfixturevalue("default_model_dir")), "llama")

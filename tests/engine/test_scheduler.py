@@ -9,9 +9,11 @@ import time
 
 import pytest
 
+from chat.engine.backend import Backend
 from chat.engine.backends.fake import FakeBackend
-from chat.engine.base import (
-    Backend,
+from chat.engine.detokenize import IncrementalDetokenizer
+from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import (
     EngineOverloaded,
     EngineUnavailable,
     GenerationParams,
@@ -21,8 +23,6 @@ from chat.engine.base import (
     Started,
     TextDelta,
 )
-from chat.engine.detokenize import IncrementalDetokenizer
-from chat.engine.scheduler import Engine
 
 USER = [{"role": "user", "content": "hello there, this is a fairly long message to echo back"}]
 

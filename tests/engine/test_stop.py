@@ -1,4 +1,4 @@
-from chat.engine.base import StopMatcher
+from chat.engine.stop import StopMatcher
 
 
 def feed_all(stops, pieces):

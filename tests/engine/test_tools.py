@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chat.engine.backends.transformers import glm4_messages
-from chat.engine.models.chatglm_tokenizer import load_tokenizer
+from chat.engine.networks.chatglm_tokenizer import load_tokenizer
 from chat.engine.tools import (CHATGLM3_TOOLS_PROMPT, SEGMENT, chatglm3_messages, chatglm3_parser, glm4_parser,
                                python_arguments)
 from tests.engine.chatglm_fixtures import checkpoint

@@ -11,9 +11,9 @@ import torch
 
 from chat.engine.backends import resolve_backend_name
 from chat.engine.backends.transformers import TransformersBackend
-from chat.engine.base import GenerationParams, GenerationResult, TextDelta
 from chat.engine.config import EngineConfig
 from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import GenerationParams, GenerationResult, TextDelta
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,7 @@ def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path,
     shorter than the running cache) decode exactly as they would alone."""
     import threading
 
-    from chat.engine.base import Sequence
+    from chat.engine.generation import Generation
 
     model, tokenizer = build_checkpoint(tmp_path, smol_tokenizer, family)
     backend = TransformersBackend(EngineConfig(model=str(tmp_path), max_batch_size=4))
@@ -200,7 +200,7 @@ def test_requests_joining_a_running_batch_get_the_same_answers(family, tmp_path,
     params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
 
     def sequence(text):
-        return Sequence([{"role": "user", "content": text}], params, lambda event: None, threading.Event())
+        return Generation([{"role": "user", "content": text}], params, lambda event: None, threading.Event())
 
     alone = []
     for text in prompts:
@@ -226,14 +226,14 @@ def test_steady_traffic_does_not_grow_the_cache(tmp_path, smol_tokenizer, monkey
     """A batch that never empties keeps its cache as long as its longest live row."""
     import threading
 
-    from chat.engine.base import Sequence
+    from chat.engine.generation import Generation
 
     build_checkpoint(tmp_path, smol_tokenizer, "llama")
     backend = TransformersBackend(EngineConfig(model=str(tmp_path), max_batch_size=4))
     backend.load()
     params = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
     texts = ["Hello!", "A much longer question that makes a long prompt for this test", "Why?"]
-    sequences = [Sequence([{"role": "user", "content": texts[i % 3]}], params, lambda e: None, threading.Event())
+    sequences = [Generation([{"role": "user", "content": texts[i % 3]}], params, lambda e: None, threading.Event())
                  for i in range(16)]
     waiting = sequences[1:]
     lengths, calls = [], []

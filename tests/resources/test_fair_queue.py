@@ -7,8 +7,13 @@ import asyncio
 
 import pytest
 
-from chat.engine.base import EngineOverloaded, GenerationParams, GenerationResult, TextDelta
 from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import (
+    EngineOverloaded,
+    GenerationParams,
+    GenerationResult,
+    TextDelta,
+)
 from tests.engine.test_scheduler import USER, SteppingBackend
 
 

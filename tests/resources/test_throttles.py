@@ -13,7 +13,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chat.throttle import Buckets
-from tests.server import ServerFactory
 
 KEY = "sk-load-test"
 

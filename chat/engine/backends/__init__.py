@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..base import Backend
+from ..backend import Backend
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def create_backend(config: EngineConfig) -> Backend:
 
         return ChatGLMBackend(config)
     if name == "openai":
-        from .openai import OpenAIBackend
+        from .upstream import UpstreamBackend
 
-        return OpenAIBackend(config)
+        return UpstreamBackend(config)
     raise ConfigError(f"unknown backend {name!r}")
 
 

@@ -1,6 +1,6 @@
 """The native ChatGLM backend (v1 ChatGLM-6B, v2 ChatGLM2-6B, v3 ChatGLM3-6B).
 
-Project-owned model and tokenizer code (chat/engine/models); nothing from the checkpoint is
+Project-owned model and tokenizer code (chat/engine/networks); nothing from the checkpoint is
 executed. Sequences are decoded together: their prompts are left-padded into one batch, a
 sequence that finishes (EOS, budget, stop string, cancellation) leaves the batch at once, so
 it costs nothing in later steps, and requests that arrive meanwhile are prefilled and merged
@@ -15,15 +15,23 @@ from pathlib import Path
 import torch
 
 from .. import grammar
-from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
+from ..backend import Backend
 from ..batching import ContinuousBatcher
 from ..config import EngineConfig
 from ..constraints import Constraint
-from ..models.chatglm import ChatGLMBase, DecodeBatch
-from ..models.chatglm_tokenizer import ChatGLMTokenizer
-from ..models.loading import load_model
+from ..generation import Generation
+from ..networks.chatglm import ChatGLMBase, DecodeBatch
+from ..networks.chatglm_tokenizer import ChatGLMTokenizer
+from ..networks.loading import load_model
 from ..sampling import SamplingConfig
-from ..tools import chatglm3_messages, chatglm3_parser, forced_call_constraint, forced_call_refusal, tool_names
+from ..tools import (
+    chatglm3_messages,
+    chatglm3_parser,
+    forced_call_constraint,
+    forced_call_refusal,
+    tool_names,
+)
+from ..vocabulary import ChatMessage, GenerationParams, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +77,27 @@ class ChatGLMBackend(Backend):
             vocab_size=tokenizer.vocab_size,
         )
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         """Tokenizer only, so safe from any thread: the tokenizer is immutable after load and
         sentencepiece's encode is a const, thread-safe call."""
         return len(self._prompt(messages))
 
-    def _prompt(self, messages: list[Message]) -> list[int]:
+    def _prompt(self, messages: list[ChatMessage]) -> list[int]:
         _, tokenizer = self._loaded()
         if tokenizer.family == "v3":
             messages = chatglm3_messages(messages)  # tools, calls and results in ChatGLM3's own format
         return tokenizer.build_prompt(messages)
 
-    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+    def tools_refusal(self, messages: list[ChatMessage], params: GenerationParams) -> str | None:
         _, tokenizer = self._loaded()
         if tokenizer.family != "v3":
             return f"ChatGLM {tokenizer.family} has no tool-calling format (ChatGLM3 has)"
         return forced_call_refusal(messages, params, "python")
 
-    def tool_constraint(self, messages: list[Message], params: GenerationParams) -> Constraint | None:
+    def tool_constraint(self, messages: list[ChatMessage], params: GenerationParams) -> Constraint | None:
         return forced_call_constraint(messages, params, "python")
 
-    def tool_parser(self, messages: list[Message], params: GenerationParams):
+    def tool_parser(self, messages: list[ChatMessage], params: GenerationParams):
         names = tool_names(messages)
         return chatglm3_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
@@ -101,7 +109,7 @@ class ChatGLMBackend(Backend):
     def check_constraint(self, constraint: Constraint) -> None:
         grammar.grammar_of(constraint)
 
-    def run(self, sequences: list[Sequence], admit) -> None:
+    def run(self, sequences: list[Generation], admit) -> None:
         """Decode the batch step by step; between steps, sequences that arrived since are
         prefilled and merged into it (continuous batching)."""
         model, tokenizer = self._loaded()

@@ -32,11 +32,19 @@ import json
 import re
 import time
 
-from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
+from ..backend import Backend
 from ..config import EngineConfig
 from ..constraints import Constraint, UnsupportedConstraint, grammar_of
 from ..detokenize import IncrementalDetokenizer
+from ..generation import Generation
 from ..tools import SEGMENT, glm4_parser, tool_names
+from ..vocabulary import (
+    ChatMessage,
+    GenerationParams,
+    ModelInfo,
+    TokenLogprob,
+    TopLogprob,
+)
 
 ERROR_TRIGGER = "[[fake:error]]"
 PROMPT_TRIGGER = "[[fake:prompt]]"
@@ -81,7 +89,7 @@ class FakeBackend(Backend):
             source="built in (test double)", vocab_size=4 << 24,  # ids: (length << 24) | bytes
         )
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return sum(len(encode(m["content"])) + 2 for m in messages)
 
     def check_constraint(self, constraint: Constraint) -> None:
@@ -89,15 +97,15 @@ class FakeBackend(Backend):
             raise UnsupportedConstraint("The fake model follows JSON Schemas only, not Lark grammars.")
         grammar_of(constraint)  # refuses what the real backends' grammar engine refuses
 
-    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+    def tools_refusal(self, messages: list[ChatMessage], params: GenerationParams) -> str | None:
         return None  # every tool_choice is honoured (see the module docstring)
 
-    def tool_parser(self, messages: list[Message], params: GenerationParams):
+    def tool_parser(self, messages: list[ChatMessage], params: GenerationParams):
         names = tool_names(messages)
         return glm4_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
     @staticmethod
-    def reply_to(messages: list[Message], params: GenerationParams = GenerationParams()) -> str:
+    def reply_to(messages: list[ChatMessage], params: GenerationParams = GenerationParams()) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if PROMPT_TRIGGER in last_user:
             reply = "Prompt: " + " | ".join(f"{m['role']}: {m['content']}" for m in messages)
@@ -144,14 +152,14 @@ class FakeBackend(Backend):
                     plan[2] += 1
 
     @staticmethod
-    def _logprob(seq: Sequence, token_id: int) -> TokenLogprob | None:
+    def _logprob(seq: Generation, token_id: int) -> TokenLogprob | None:
         if seq.params.logprobs is None:
             return None
         raw = (token_id & 0xFFFFFF).to_bytes(token_id >> 24, "big")
         text = raw.decode("utf-8", errors="replace")
         return TokenLogprob(text, raw, 0.0, (TopLogprob(text, raw, 0.0),) if seq.params.logprobs else ())
 
-    def _plan(self, seq: Sequence) -> list:
+    def _plan(self, seq: Generation) -> list:
         """[sequence, the answer's token ids, the next step]."""
         prompt_tokens = self.count_prompt_tokens(seq.messages)
         budget = self.token_budget(seq.params, prompt_tokens)

@@ -38,11 +38,19 @@ from pathlib import Path
 
 import httpx
 
-from ..control_tokens import ControlTokens
-from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
+from ..backend import Backend
 from ..config import DEFAULT_MODEL, ConfigError, EngineConfig, embedded_gguf
 from ..constraints import Constraint, grammar_of
+from ..control_tokens import ControlTokens
+from ..generation import Generation
 from ..tools import CallAssembler, openai_messages
+from ..vocabulary import (
+    ChatMessage,
+    GenerationParams,
+    ModelInfo,
+    TokenLogprob,
+    TopLogprob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +243,7 @@ class LlamaCppBackend(Backend):
 
     # -- prompts ------------------------------------------------------------------------------
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         """llama.cpp's own template and tokenizer, as generation applies them (add_special,
         parse_special). Remembered for the last few prompts: the history fitting of a turn
         counts the very messages that generation then counts again, on its critical path.
@@ -278,7 +286,7 @@ class LlamaCppBackend(Backend):
         # (xllamacpp.json_schema_to_grammar says "%llguidance ... %json"): the same check.
         grammar_of(constraint)
 
-    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+    def tools_refusal(self, messages: list[ChatMessage], params: GenerationParams) -> str | None:
         if self.tools_missing is not None:
             return self.tools_missing
         if params.tool_choice is not None:
@@ -308,12 +316,12 @@ class LlamaCppBackend(Backend):
     def wake(self) -> None:
         self._wakeup.set()
 
-    def _start(self, seq: Sequence) -> threading.Thread:
+    def _start(self, seq: Generation) -> threading.Thread:
         thread = threading.Thread(target=self._run, args=(seq,), name="llamacpp-sequence", daemon=True)
         thread.start()
         return thread
 
-    def _run(self, seq: Sequence) -> None:
+    def _run(self, seq: Generation) -> None:
         try:
             self._generate_one(seq)
         except Exception as exc:  # noqa: BLE001 - one answer fails, the engine goes on
@@ -322,14 +330,14 @@ class LlamaCppBackend(Backend):
         finally:
             self._wakeup.set()
 
-    def _generate_one(self, seq: Sequence) -> None:
+    def _generate_one(self, seq: Generation) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)
         budget = self.token_budget(seq.params, prompt_tokens)
         if not seq.begin(prompt_tokens, None, budget):
             return
         stream = _Stream(seq, self._text_stages())
         self.server.handle_chat_completions(self._body(seq, budget), stream.on_chunk)
-        if seq.finished:  # stop string, budget or cancellation, seen by the Sequence
+        if seq.finished:  # stop string, budget or cancellation, seen by the Generation
             return
         stream.flush()
         if stream.failure is not None:
@@ -349,11 +357,11 @@ class LlamaCppBackend(Backend):
         as streaming stages that never rewrite text already sent; none for other models."""
         if self.chatglm_family is None:
             return []
-        from ..models.chatglm_tokenizer import response_stages
+        from ..networks.chatglm_tokenizer import response_stages
 
         return response_stages(self.chatglm_family)
 
-    def _body(self, seq: Sequence, budget: int) -> dict:
+    def _body(self, seq: Generation, budget: int) -> dict:
         """One request for llama.cpp's /v1/chat/completions: every sampling parameter explicit,
         so llama.cpp's own defaults (top_k 40, min_p 0.05...) never apply."""
         p, d = seq.params, self.sampling_defaults
@@ -391,7 +399,7 @@ class LlamaCppBackend(Backend):
         if p.seed is not None:
             body["seed"] = p.seed % MAX_SEED
         if p.stop:
-            body["stop"] = list(p.stop)  # llama.cpp stops early; the Sequence still cuts the text
+            body["stop"] = list(p.stop)  # llama.cpp stops early; the Generation still cuts the text
         if p.constraint is not None and p.constraint.json_schema is not None:
             # llama.cpp samples under the schema's grammar (EOS only where it is complete).
             body["json_schema"] = json.loads(p.constraint.json_schema)
@@ -401,10 +409,10 @@ class LlamaCppBackend(Backend):
 
 
 class _Stream:
-    """Feeds one llama.cpp stream into a Sequence, from llama.cpp's callback. Never raises into
+    """Feeds one llama.cpp stream into a Generation, from llama.cpp's callback. Never raises into
     llama.cpp: a failure is kept and re-raised on the sequence's thread."""
 
-    def __init__(self, seq: Sequence, stages: list):
+    def __init__(self, seq: Generation, stages: list):
         self.seq = seq
         self.stages = stages
         self.counted = 0  # tokens already pushed
@@ -438,7 +446,7 @@ class _Stream:
                 if text or logprobs or delta.get("tool_calls"):
                     generated = timings.get("predicted_n", self.counted + 1)
                     tokens, self.counted = generated - self.counted, generated
-                    # The answer's last token (the Sequence ends it on its budget): the stages
+                    # The answer's last token (the Generation ends it on its budget): the stages
                     # give up what they hold now, or it would be lost.
                     text = self._staged(text, last=seq.completion_tokens + tokens >= seq.max_new_tokens)
                     if not seq.push_text(text, tokens, logprobs):
@@ -527,7 +535,7 @@ def _chatglm_family(directory: Path) -> str | None:
         return None
     if raw.get("model_type") != "chatglm" or "padded_vocab_size" not in raw:
         return None
-    from ..models.loading import detect_family
+    from ..networks.loading import detect_family
 
     return detect_family(directory, raw)
 

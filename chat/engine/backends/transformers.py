@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 
 from .. import control_tokens, grammar
-from ..base import Backend, GenerationParams, Message, ModelInfo, Sequence
+from ..backend import Backend
 from ..batching import ContinuousBatcher, cat_left_padded, padding_columns
 from ..config import DEFAULT_MODEL, EngineConfig, embedded_gguf
 from ..constraints import Constraint
 from ..detokenize import IncrementalDetokenizer, piece_bytes
+from ..generation import Generation
 from ..sampling import SamplingConfig
 from ..tools import forced_call_constraint, forced_call_refusal, glm4_parser, tool_names
+from ..vocabulary import ChatMessage, GenerationParams, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ class TransformersBackend(Backend):
 
     # -- prompts ------------------------------------------------------------------------------
 
-    def _prompt_ids(self, messages: list[Message]) -> list[int]:
+    def _prompt_ids(self, messages: list[ChatMessage]) -> list[int]:
         if self._control_tokens is None:  # a user's "<|im_end|>" is text, not the token
             self._control_tokens = control_tokens.of_tokenizer(self.tokenizer)
         messages, tools = glm4_messages(messages)
@@ -150,7 +152,7 @@ class TransformersBackend(Backend):
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return len(self._prompt_ids(messages))
 
     def _glm4_tools(self) -> bool:
@@ -158,15 +160,15 @@ class TransformersBackend(Backend):
         model_type = getattr(self.model.config, "model_type", "")
         return model_type in ("glm", "glm4", "chatglm") and "tools" in (self.tokenizer.chat_template or "")
 
-    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+    def tools_refusal(self, messages: list[ChatMessage], params: GenerationParams) -> str | None:
         if not self._glm4_tools():
             return "its chat template has no tool-calling format this server reads (GLM-4's has)"
         return forced_call_refusal(messages, params, "json")
 
-    def tool_constraint(self, messages: list[Message], params: GenerationParams) -> Constraint | None:
+    def tool_constraint(self, messages: list[ChatMessage], params: GenerationParams) -> Constraint | None:
         return forced_call_constraint(messages, params, "json")
 
-    def tool_parser(self, messages: list[Message], params: GenerationParams):
+    def tool_parser(self, messages: list[ChatMessage], params: GenerationParams):
         names = tool_names(messages)
         return glm4_parser(names, parallel=params.parallel_tool_calls is not False) if names else None
 
@@ -211,7 +213,7 @@ class TransformersBackend(Backend):
     def check_constraint(self, constraint: Constraint) -> None:
         grammar.grammar_of(constraint)
 
-    def run(self, sequences: list[Sequence], admit) -> None:
+    def run(self, sequences: list[Generation], admit) -> None:
         """Decode a batch step by step. Between steps, sequences that arrived since are
         prefilled and merged into the running batch (continuous batching), so a new request
         does not wait for the longest answer of the batch to end."""
@@ -235,7 +237,7 @@ class TransformersBackend(Backend):
         return out.logits[:, -1, :], _KV(self.model, out.cache, mask, positions[:, -1:])
 
 
-def glm4_messages(messages: list[Message]) -> tuple[list[dict], list[dict]]:
+def glm4_messages(messages: list[ChatMessage]) -> tuple[list[dict], list[dict]]:
     """(messages, tools) as GLM-4's chat template reads them: the tools apart, in OpenAI's
     shape (the template's `tools` argument); an earlier call an assistant message whose
     metadata is the function's name and whose content is the JSON arguments; a tool's result

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..models.loading import detect_family, weight_files
+from ..networks.loading import detect_family, weight_files
 
 ARCHITECTURES = {"chatglm2": "chatglm", "chatglm3": "chatglm", "glm": "chatglm", "glm4": "glm4"}
 

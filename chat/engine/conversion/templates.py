@@ -1,7 +1,7 @@
 """Chat templates written into the GGUF (`tokenizer.chat_template`) for ChatGLM2 and ChatGLM3.
 
 llama.cpp renders them (Jinja) and tokenizes the result with special tokens parsed; both must give
-exactly the ids the reference `chat()` builds (see `chat/engine/models/chatglm_tokenizer.py`).
+exactly the ids the reference `chat()` builds (see `chat/engine/networks/chatglm_tokenizer.py`).
 
 * How llama.cpp tokenizes: special-token texts are cut out first; every run of plain text that
   follows a special token gets sentencepiece's dummy-prefix space. So `<|user|>` + "\\n hi" gives

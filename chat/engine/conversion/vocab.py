@@ -21,7 +21,7 @@ import gguf
 import sentencepiece as spm
 
 from ..config import ConfigError
-from ..models.chatglm_tokenizer import V2Tokenizer, V3Tokenizer
+from ..networks.chatglm_tokenizer import V2Tokenizer, V3Tokenizer
 from .source import Checkpoint
 
 TokenType = gguf.TokenType

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from ..base import Message
 from ..detokenize import IncrementalDetokenizer, piece_bytes
+from ..vocabulary import ChatMessage
 
 # --------------------------------------------------------------------------------------------
 # Chat messages -> (history pairs, query), for the text-template families v1 and v2.
 # --------------------------------------------------------------------------------------------
 
 
-def split_turns(messages: Sequence[Message]) -> tuple[list[tuple[str, str]], str]:
+def split_turns(messages: Sequence[ChatMessage]) -> tuple[list[tuple[str, str]], str]:
     """Turn role/content messages into ChatGLM's `(history, query)`.
 
     * System messages are joined (blank line between them) and prepended to the first user
@@ -243,7 +243,7 @@ class ChatGLMTokenizer(abc.ABC):
         """The reference `tokenizer.decode(ids)`."""
 
     @abc.abstractmethod
-    def build_prompt(self, messages: Sequence[Message]) -> list[int]:
+    def build_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Prompt ids for chat messages, exactly as the reference `chat()` builds them."""
 
     def token_text(self, token_id: int) -> tuple[str, bytes]:
@@ -380,7 +380,7 @@ class V1Tokenizer(ChatGLMTokenizer):
         stages += [TextRewrite.literal(old, new) for old, new in CLEANUP]
         return stages
 
-    def build_prompt(self, messages: Sequence[Message]) -> list[int]:
+    def build_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         history, query = split_turns(messages)
         if history:
             prompt = "".join(f"[Round {i}]\n问：{q}\n答：{a}\n" for i, (q, a) in enumerate(history))
@@ -424,7 +424,7 @@ class V2Tokenizer(ChatGLMTokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode_pieces(self._pieces(ids))
 
-    def build_prompt(self, messages: Sequence[Message]) -> list[int]:
+    def build_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         history, query = split_turns(messages)
         prompt = "".join(f"[Round {i}]\n\n问：{q}\n\n答：{a}\n\n" for i, (q, a) in enumerate(history, 1))
         prompt += f"[Round {len(history) + 1}]\n\n问：{query}\n\n答："
@@ -456,7 +456,7 @@ class V3Tokenizer(V2Tokenizer):
     def role_id(self, role: str) -> int:
         return self.special_ids[f"<|{role}|>"]
 
-    def build_prompt(self, messages: Sequence[Message]) -> list[int]:
+    def build_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """`[gMASK] sop`, then per message: role token, encode(f"{metadata}\\n"), encode(content).
 
         A trailing `<|assistant|>` asks for the answer. Unlike v1/v2, the messages are used as

@@ -11,11 +11,16 @@ import httpx
 import pytest
 
 from chat.engine.backends import resolve_backend_name
-from chat.engine.backends.openai import OpenAIBackend
-from chat.engine.base import EngineUnavailable, GenerationParams, GenerationResult, TextDelta
+from chat.engine.backends.upstream import UpstreamBackend
 from chat.engine.config import EngineConfig
 from chat.engine.constraints import Constraint, UnsupportedConstraint
 from chat.engine.scheduler import Engine
+from chat.engine.vocabulary import (
+    EngineUnavailable,
+    GenerationParams,
+    GenerationResult,
+    TextDelta,
+)
 from tests.server import free_port
 
 
@@ -32,7 +37,7 @@ def upstream(tmp_path_factory):
 def engine_for(upstream, **overrides):
     config = EngineConfig(upstream_url=f"{upstream.url}/v1", upstream_api_key="sk-up", **overrides)
     assert resolve_backend_name(config) == "openai"
-    engine = Engine(lambda: OpenAIBackend(config))
+    engine = Engine(lambda: UpstreamBackend(config))
     engine.wait_ready(30)
     return engine
 
@@ -105,13 +110,13 @@ async def test_upstream_failure_mid_stream_is_an_error_result(upstream):
 
 def test_unreachable_upstream_fails_to_load():
     config = EngineConfig(upstream_url=f"http://127.0.0.1:{free_port()}/v1")
-    engine = Engine(lambda: OpenAIBackend(config))
+    engine = Engine(lambda: UpstreamBackend(config))
     with pytest.raises(EngineUnavailable, match="did not list its models"):
         engine.wait_ready(30)
 
 
 def test_wrong_upstream_key_fails_to_load(upstream):
-    engine = Engine(lambda: OpenAIBackend(EngineConfig(upstream_url=f"{upstream.url}/v1", upstream_api_key="nope")))
+    engine = Engine(lambda: UpstreamBackend(EngineConfig(upstream_url=f"{upstream.url}/v1", upstream_api_key="nope")))
     with pytest.raises(EngineUnavailable, match="401"):
         engine.wait_ready(30)
 
@@ -128,7 +133,7 @@ def test_credentials_in_the_upstream_url_never_show(upstream):
     """httpx sends URL credentials as Basic auth (this upstream wants its Bearer key, so the load
     fails): the message that reaches the log and a 503 names the host, not the password."""
     url = upstream.url.replace("http://", "http://user:hunter2@") + "/v1"
-    engine = Engine(lambda: OpenAIBackend(EngineConfig(upstream_url=url)))
+    engine = Engine(lambda: UpstreamBackend(EngineConfig(upstream_url=url)))
     with pytest.raises(EngineUnavailable) as failure:
         engine.wait_ready(30)
     assert "hunter2" not in str(failure.value) and upstream.url[7:] in str(failure.value)
@@ -137,7 +142,7 @@ def test_credentials_in_the_upstream_url_never_show(upstream):
 def test_the_api_key_wins_over_credentials_in_the_url(upstream):
     """With both, CHATGLM_UPSTREAM_API_KEY is sent (as Bearer) and the URL's user:password is not."""
     url = upstream.url.replace("http://", "http://user:hunter2@") + "/v1"
-    backend = OpenAIBackend(EngineConfig(upstream_url=url, upstream_api_key="sk-up"))
+    backend = UpstreamBackend(EngineConfig(upstream_url=url, upstream_api_key="sk-up"))
     assert "hunter2" not in backend.base_url
     engine = Engine(lambda: backend)
     assert engine.wait_ready(30).model_id == "fake"

@@ -6,7 +6,7 @@ protocols. Each sequence is one streaming request, started as soon as it is admi
 scheduler's continuous admission), and all run concurrently on one asyncio loop inside the
 engine thread. A cancelled sequence closes its request, which vLLM and TGI take as an abort.
 The upstream streams whole characters in JSON, so its deltas pass straight through
-`Sequence.push_text` (stop strings and budgets are applied here as for local models).
+`Generation.push_text` (stop strings and budgets are applied here as for local models).
 
 A failure ends the sequence with one of the codes below as its `error` (chat.errors turns it
 into 502, 503 or 504 for clients). What the upstream said goes to the log only: its error
@@ -21,10 +21,19 @@ import logging
 
 import httpx
 
-from ..base import Backend, EngineUnavailable, GenerationParams, Message, ModelInfo, Sequence, TokenLogprob, TopLogprob
+from ..backend import Backend
 from ..config import EngineConfig
 from ..constraints import JSON_OBJECT_SCHEMA, Constraint, UnsupportedConstraint
+from ..generation import Generation
 from ..tools import CallAssembler, openai_messages
+from ..vocabulary import (
+    ChatMessage,
+    EngineUnavailable,
+    GenerationParams,
+    ModelInfo,
+    TokenLogprob,
+    TopLogprob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,7 @@ POLL_SECONDS = 0.02  # how often new and cancelled sequences are looked at
 CHARS_PER_TOKEN = 4  # for history trimming only: the upstream counts the real tokens
 
 
-class OpenAIBackend(Backend):
+class UpstreamBackend(Backend):
     def __init__(self, config: EngineConfig):
         self.base_url = config.upstream_url.rstrip("/")
         self.api_key = config.upstream_api_key
@@ -83,10 +92,10 @@ class OpenAIBackend(Backend):
             context_length=self.context_length, source=f"upstream {_without_credentials(self.base_url)}",
         )
 
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return sum(_chars(m) // CHARS_PER_TOKEN + 4 for m in messages)
 
-    def tools_refusal(self, messages: list[Message], params: GenerationParams) -> str | None:
+    def tools_refusal(self, messages: list[ChatMessage], params: GenerationParams) -> str | None:
         return None  # passed through: the upstream renders, constrains and parses the calls
 
     def check_constraint(self, constraint: Constraint) -> None:
@@ -96,7 +105,7 @@ class OpenAIBackend(Backend):
     def run(self, sequences, admit) -> None:
         asyncio.run(self._run(sequences, admit))
 
-    async def _run(self, sequences: list[Sequence], admit) -> None:
+    async def _run(self, sequences: list[Generation], admit) -> None:
         async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(),
                                      timeout=httpx.Timeout(30, read=None)) as client:
             tasks = {asyncio.create_task(self._complete(client, seq)): seq for seq in sequences}
@@ -110,7 +119,7 @@ class OpenAIBackend(Backend):
                 for seq in admit(self.max_batch_size - len(tasks)):
                     tasks[asyncio.create_task(self._complete(client, seq))] = seq
 
-    async def _complete(self, client: httpx.AsyncClient, seq: Sequence) -> None:
+    async def _complete(self, client: httpx.AsyncClient, seq: Generation) -> None:
         prompt_tokens = self.count_prompt_tokens(seq.messages)
         budget = self.token_budget(seq.params, prompt_tokens)
         # The upstream ends the answer at max_tokens itself; the local budget is one more (a
@@ -167,7 +176,7 @@ class OpenAIBackend(Backend):
             if upstream_reason is None:  # every OpenAI stream ends with a finish_reason: this one was cut
                 raise httpx.RemoteProtocolError("the stream ended without a finish_reason")
             if held:
-                seq.push_text(held, tokens=0)  # a lone half at the very end (Sequence makes it U+FFFD)
+                seq.push_text(held, tokens=0)  # a lone half at the very end (Generation makes it U+FFFD)
             if reported_tokens is not None:
                 seq.completion_tokens = reported_tokens
             tool_calls, broken = calls.finish()
@@ -182,7 +191,7 @@ class OpenAIBackend(Backend):
             seq.finish("error", error=_exception_error(exc))
 
 
-def _chars(message: Message) -> int:
+def _chars(message: ChatMessage) -> int:
     """The characters a message takes, its tools and tool calls (as JSON) included."""
     extra = {k: v for k, v in message.items() if k not in ("role", "content")}
     return len(message["content"]) + (len(json.dumps(extra, ensure_ascii=False)) if extra else 0)
@@ -233,7 +242,7 @@ def _whole_characters(text: str) -> tuple[str, str]:
     held = ""
     if "\ud800" <= text[-1] <= "\udbff":
         text, held = text[:-1], text[-1]
-    # Pairs become one character; a lone half stays, for Sequence to replace.
+    # Pairs become one character; a lone half stays, for Generation to replace.
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass"), held
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 FIXTURE = ROOT / "tests" / "fixtures" / "chatglm" / "chatglm2-6b-tiny"
+sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
@@ -103,22 +103,6 @@ def build_checkpoint(directory: Path, hidden: int, layers: int, vocab: int, ffn:
     return total
 
 
-def cpu_info() -> dict:
-    info = {"cores": os.cpu_count(), "machine": platform.machine()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                info["model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                info["flags"] = [f for f in flags if f.startswith(("avx", "sse4", "f16c", "fma", "sha"))]
-                break
-    except OSError:
-        pass
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -127,12 +111,11 @@ def main() -> None:
     parser.add_argument("--ffn", type=int, default=2816)
     parser.add_argument("--shards", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     from chat.engine.conversion.cache import checkpoint_key
     from chat.engine.conversion.source import inspect_checkpoint
 
     cpu = cpu_info()
-    print(f"CPU: {cpu.get('model', '?')} | {cpu['cores']} cores | {' '.join(cpu.get('flags', []))}")
+    print(describe(cpu))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "chatglm2-synthetic"
         size = build_checkpoint(source, args.hidden, args.layers, args.vocab, args.ffn, args.shards)

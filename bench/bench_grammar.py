@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
 from chat.engine.grammar import apply_bitmask  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 MODEL_CACHE = ROOT / "data" / "models"
@@ -60,20 +59,6 @@ DOCUMENT = json.dumps({
     "tags": ["mathematics", "analytical engine", "poetry", "notes on the engine"],
     "address": {"city": "London", "zip": "W1J 7NT"}, "active": True,
 })
-
-
-def cpu_info() -> dict:
-    model, flags = platform.processor(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = [f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4", "f16c"))]
-    except OSError:
-        pass
-    return {"model": model, "flags": " ".join(flags), "cores": os.cpu_count()}
 
 
 def tokenizers() -> list[tuple[str, object, list[int], int]]:
@@ -206,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # the decode loop's mask work runs on the engine thread
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores\nflags: {cpu['flags']}")
+    print(describe(cpu))
     rows = []
     for name, tok, ids, width in tokenizers():
         for engine in ENGINES:

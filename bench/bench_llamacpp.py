@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
 from chat.engine.config import embedded_gguf  # noqa: E402
 from tests.server import free_port  # noqa: E402
 
@@ -262,14 +262,10 @@ def site_busy_at(url: str):
 
 
 def cpu() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.*)$", info, re.M) or [None, ""])[1].split())
+    """The CPU, and what llama.cpp was built to use on it."""
     import xllamacpp
 
-    return {"model": model[1] if model else platform.processor(), "cores": os.cpu_count(),
-            "flags": sorted(flags & {"avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile"}),
-            "llama_cpp": xllamacpp.get_system_info().strip()}
+    return {**cpu_info(), "llama_cpp": xllamacpp.get_system_info().strip()}
 
 
 def measure(name: str, url: str, protocols: dict, busy, quick: bool, pid: int) -> dict:
@@ -298,7 +294,7 @@ def main() -> None:
     if args.quick:
         NEW_TOKENS = 32
     machine = cpu()
-    print(f"CPU: {machine['model']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}")
+    print(describe(machine))
     print(f"llama.cpp: {machine['llama_cpp']}")
     results: dict = {"machine": machine, "new_tokens": NEW_TOKENS, "slots": SLOTS}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sqlite3
 import sys
@@ -36,26 +34,11 @@ from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
 from tests.server import ServerFactory  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DISCONNECT_P = 0.2
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
-                     "amx_int8", "neon", "asimd")
-
-
-def cpu() -> dict:
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model") and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = [f for f in value.split() if f in INTERESTING_FLAGS]
-    except OSError:
-        pass
-    return {"model": model, "flags": flags, "cores": os.cpu_count()}
 
 
 class Tally:
@@ -201,8 +184,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.clients, args.seconds = 40, 5.0
-    machine = cpu()
-    print(f"CPU: {machine['model']}; flags: {' '.join(machine['flags']) or '-'}; cores: {machine['cores']}")
+    machine = cpu_info()
+    print(describe(machine))
     results: dict = {"machine": machine, "clients": args.clients, "seconds_per_round": args.seconds,
                      "disconnect_probability": DISCONNECT_P, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:

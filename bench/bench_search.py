@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -27,25 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 WORDS = ("the model answer question token context branch search share water river mountain tea "
          "coffee garden window paper light music number story summer winter city road bridge").split()
-
-
-def cpu() -> dict:
-    info = {"model": platform.processor(), "flags": "", "cores": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not info["flags"]:
-                info["model"] = value.strip()
-            if key.strip() == "flags":
-                info["flags"] = value.strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def build(args, rng) -> tuple[int, float]:
@@ -107,8 +93,8 @@ def main() -> None:
     user_id, build_seconds = build(args, random.Random(0))
     owner = Owner(user_id=user_id)
     total = args.conversations * args.messages
-    machine = cpu()
-    print(f"CPU: {machine['model']} · {machine['cores']} cores · flags: {' '.join(machine['flags'].split()[:12])} …")
+    machine = cpu_info()
+    print(describe(machine))
     print(f"SQLite, {args.conversations:,} conversations x {args.messages} messages = {total:,} messages "
           f"(built in {build_seconds:.1f} s)\n")
 

@@ -31,6 +31,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
 from bench.stream_load import run_load  # noqa: E402
 from tests.server import ServerFactory  # noqa: E402
 
@@ -90,23 +91,6 @@ async def disconnect_latency(url: str, samples: int) -> list[float]:
     return latencies
 
 
-def machine() -> dict:
-    """The CPU this ran on: model, the flags that matter for these loops, cores."""
-    info = {"cpus": os.cpu_count(), "model": "", "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not info["model"]:
-            info["model"] = value.strip()
-        elif key.strip() == "flags" and not info["flags"]:
-            wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "fma")
-            info["flags"] = [f for f in value.split() if f in wanted]
-    return info
-
-
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -145,8 +129,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("gaps",), help="run one part alone")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cpu = machine()
-    print(f"CPU: {cpu['model'] or 'unknown'}, {cpu['cpus']} cores, flags: {' '.join(cpu['flags']) or '-'}")
+    cpu = cpu_info()
+    print(describe(cpu))
     results: dict = {"machine": cpu, "fake": [], "smollm2": [], "disconnect": {}, "gaps": []}
     columns = ["batch", "streams", "wall_s", "tokens_per_s", "ttft_median_s", "ttft_max_s", "speedup"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -58,20 +57,6 @@ MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse k
 # ChatGLM3-6B's layout at about SmolLM2-135M's size (its vocabulary is the real one's).
 CHATGLM_SHAPE = dict(hidden_size=768, num_layers=12, num_attention_heads=12, kv_channels=64,
                      multi_query_group_num=2, ffn_hidden_size=2048, padded_vocab_size=65024)
-
-
-def cpu_info() -> dict:
-    model, flags = platform.processor(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = [f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4", "f16c"))]
-        return {"model": model, "flags": " ".join(flags), "cores": os.cpu_count()}
-    except OSError:
-        return {"model": model, "flags": "", "cores": os.cpu_count()}
 
 
 # -- the two models -------------------------------------------------------------------------
@@ -295,9 +280,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker_main(args.worker)
+    # Here, not at the top: a worker's sys.path must hold only its own tree's code (PYTHONPATH),
+    # and ROOT ahead of a --baseline tree would measure the current chat/ twice.
+    sys.path.insert(0, str(ROOT))
+    from bench.machine import cpu_info, describe
+
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch threads {os.cpu_count()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}\nflags: {cpu['flags']}")
+    print(describe(cpu))
+    print(f"torch threads {os.cpu_count()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"medians of {args.repeats} rounds, {args.tokens} new tokens per stream (prefill included); "
           "overhead: decode-thread CPU ms per step outside the model\n")
     header = (f"{'model':<9}{'backend':<14}{'code':<10}{'streams':>8}{'raw tok/s':>11}{'engine tok/s':>14}"

@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
 from tests.server import free_port  # noqa: E402
 
 QUERY = "measure the streams of many clients at once " * 8
@@ -95,15 +94,6 @@ async def load(url: str, streams: int, tokens: int) -> dict:
     }
 
 
-def cpu() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-    wanted = ("avx2", "avx512f", "fma", "f16c")
-    return {"model": model[1] if model else platform.processor(), "cores": os.cpu_count(),
-            "flags": [f for f in wanted if flags and f in flags[1].split()]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=50)
@@ -112,8 +102,8 @@ def main() -> None:
     parser.add_argument("--delay-ms", default="20", help="the fake model's time per step")
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL_FOR_TESTS", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
-    machine = cpu()
-    print(f"CPU: {machine['model']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}")
+    machine = cpu_info()
+    print(describe(machine))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra, ready in (("one process, model in process", [], None),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import cpu_info, describe  # noqa: E402
 from chat.engine.networks.chatglm import ChatGLMConfig, ChatGLMv2  # noqa: E402
 from chat.engine.networks.loading import QUANTIZABLE  # noqa: E402
 from chat.engine.quantize import QuantizedLinear, weight_bytes  # noqa: E402
@@ -97,6 +97,7 @@ def main() -> None:
 
     speed_columns = [f"tok_s_batch{b}" for b in args.batches]
     header = f"{'variant':<8}{'total MiB':>11}{'blocks MiB':>12}" + "".join(f"{c:>16}" for c in speed_columns)
+    print(describe(cpu_info()))
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -116,8 +117,7 @@ def main() -> None:
         "repeats_best_of": args.repeats,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
+        "cpu": cpu_info(),
         "results": rows,
     }, indent=2))
     print(f"\nwrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")

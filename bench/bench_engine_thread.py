@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_info, describe  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 TOKENS = 48
 
@@ -78,13 +81,15 @@ def main() -> None:
                          "median_tok_s": round(statistics.median(rates), 1),
                          "min": round(min(rates), 1), "max": round(max(rates), 1)})
     base = rows[0]["median_tok_s"]
-    print(f"SmolLM2-135M greedy decode, batch 1, {TOKENS} tokens, {args.rounds} rounds each, {os.cpu_count()} CPUs")
+    cpu = cpu_info()
+    print(describe(cpu))
+    print(f"SmolLM2-135M greedy decode, batch 1, {TOKENS} tokens, {args.rounds} rounds each")
     print(f"{'thread':>8} {'OMP_WAIT_POLICY':>16} {'median tok/s':>13} {'min':>7} {'max':>7} {'vs main':>8}")
     for row in rows:
         print(f"{row['where']:>8} {row['omp_wait_policy']:>16} {row['median_tok_s']:>13} {row['min']:>7} "
               f"{row['max']:>7} {row['median_tok_s'] / base:>8.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "engine_thread.json").write_text(json.dumps(rows, indent=2))
+    (RESULTS / "engine_thread.json").write_text(json.dumps({"cpu": cpu, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

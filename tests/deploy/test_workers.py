@@ -130,7 +130,6 @@ def test_live_sync_across_workers_on_open_sockets(workers):
     a, _ = two_clients(workers)
     browser_session(a)
     cookie = "; ".join(f"{k}={v}" for k, v in a.cookies.items())
-    ids = [uuid.uuid4().hex for _ in range(6)]
 
     async def follow(ws) -> str:
         while True:
@@ -139,7 +138,7 @@ def test_live_sync_across_workers_on_open_sockets(workers):
             if frame["type"] == "done":
                 return frame["response"]
 
-    async def scenario():
+    async def scenario(ids):
         sockets = [await websockets.connect(f"{workers.ws_url}/ws/chat/", origin=workers.url,
                                             additional_headers={"Cookie": cookie, "X-Request-ID": i}) for i in ids]
         asker, followers = sockets[0], sockets[1:]
@@ -160,8 +159,15 @@ def test_live_sync_across_workers_on_open_sockets(workers):
         for ws in sockets:
             await ws.close()
 
-    asyncio.run(scenario())
-    pids = [worker_of(workers, i) for i in ids]
+    # Which worker accepts a socket is the kernel's choice (both wait on the shared socket): a
+    # busy machine can hand all six to one. The scenario runs again until a follower's socket
+    # landed on the other worker, which is the case this test is about.
+    for _ in range(4):
+        ids = [uuid.uuid4().hex for _ in range(6)]
+        asyncio.run(scenario(ids))
+        pids = [worker_of(workers, i) for i in ids]
+        if set(pids[1:]) - {pids[0]}:
+            break
     assert set(pids[1:]) - {pids[0]}, "no follower landed on another worker than the asker"
 
 

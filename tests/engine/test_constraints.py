@@ -16,6 +16,8 @@ from chat.engine.backends.transformers import TransformersBackend
 from chat.engine.config import EngineConfig
 from chat.engine.constraints import Constraint
 from chat.engine.generation import Generation
+from chat.engine.grammar import Vocabulary
+from chat.engine.tools import forced_call_lark
 from chat.engine.vocabulary import GenerationParams
 
 from .chatglm_fixtures import FAMILIES, checkpoint
@@ -92,3 +94,46 @@ def test_chatglm_native_backend(family):
     ])
     for result in results:
         assert result.finish_reason == "stop" and valid_person(result.text), result
+
+
+# A forced call in ChatGLM3's syntax: its `", "` between arguments is where sampled rows met
+# "the grammar refused the token it allowed" (below).
+WEATHER = {"name": "get_weather", "parameters": {
+    "type": "object", "required": ["city", "unit"],
+    "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["celsius", "fahrenheit"]},
+                   "alerts": {"type": "boolean"}}}}
+
+
+def check_sampled_calls(backend, seeds=range(8)):
+    call = Constraint(lark=forced_call_lark([WEATHER], "required", "python"))
+    results = generate(backend, [GenerationParams(temperature=1.0, seed=seed, max_new_tokens=80, constraint=call)
+                                 for seed in seeds], [{"role": "user", "content": "Weather in Paris?"}])
+    for result in results:
+        assert result.finish_reason in ("stop", "length"), result
+        assert result.text.startswith('get_weather\n```python\ntool_call(city="'), result
+
+
+def test_sampled_rows_of_the_native_chatglm3_tokenizer_follow_the_grammar():
+    """llguidance tokenizes the bytes a grammar forces (the " " of `", "`) with
+    `encode_continuation` and takes the ids to spell them: text that starts with whitespace
+    came back with sentencepiece's "▁" still before it (" " as "▁▁", two spaces), and sampled
+    rows ended as errors ("the grammar refused the token it allowed")."""
+    backend = ChatGLMBackend(EngineConfig(model=str(checkpoint("v3")), backend="chatglm"))
+    backend.load()
+    check_sampled_calls(backend)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_continuation_of_text_spells_exactly_that_text(family):
+    backend = ChatGLMBackend(EngineConfig(model=str(checkpoint(family)), backend="chatglm"))
+    backend.load()
+    tokenizer = backend.tokenizer
+    vocabulary = Vocabulary.of_chatglm(tokenizer, backend.model.embedding_weight.shape[0])
+    for text in (" ", ", ", "  x", "\n", "\na", " a", ",", "hello world", '"age":'):
+        assert vocabulary.tokenizer.decode_bytes(tokenizer.encode_continuation(text)) == text.encode(), text
+
+
+def test_sampled_rows_of_the_transformers_backend_follow_the_grammar(default_model_dir):
+    backend = TransformersBackend(EngineConfig(model=str(default_model_dir), max_batch_size=8))
+    backend.load()
+    check_sampled_calls(backend)

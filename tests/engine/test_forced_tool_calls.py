@@ -57,10 +57,14 @@ async def answer(engine, question: str, params) -> tuple[GenerationResult, str]:
                                            ("required", {"get_weather", "get_time"})])
 async def test_a_forced_call_is_a_valid_call_of_the_schema(engine, choice, names):
     assert engine.backend.tools_refusal(messages("x"), GenerationParams(tool_choice=choice)) is None
-    # Greedy: sampled rows of the native tokenizer hit "the grammar refused the token it
-    # allowed" in the constrained sampler (reported; not this feature's code).
-    for question in ("Weather in Paris?", "Is it cold in Rome tomorrow?", "What time is it?"):
-        params = GenerationParams(tool_choice=choice, temperature=0, max_new_tokens=200)
+    # Greedy and sampled: a sampled row once picked sentencepiece's byte piece `<0x2C>` for a
+    # comma, which the grammar engine's re-tokenization took for a `,` still to come (the
+    # row then ended as an error).
+    for question, temperature, seed in (("Weather in Paris?", 0, None), ("Is it cold in Rome tomorrow?", 0, None),
+                                        ("What time is it?", 0, None), ("Weather in Paris?", 1.0, 1),
+                                        ("Weather in Paris?", 1.0, 2), ("Weather in Paris?", 1.0, 4)):
+        params = GenerationParams(tool_choice=choice, temperature=temperature, seed=seed,
+                                  max_new_tokens=200)
         result, streamed = await answer(engine, question, params)
         assert result.finish_reason == "stop", result
         [call] = result.tool_calls

@@ -18,6 +18,7 @@ to exactly the final post-processed answer, and are never revised once sent (see
 from __future__ import annotations
 
 import abc
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -278,20 +279,41 @@ class ChatGLMTokenizer(abc.ABC):
         return "".join(decoder.push(i) for i in ids) + decoder.flush()
 
     def encode_continuation(self, text: str) -> list[int]:
-        """Ids of `text` as it continues other text: without the "▁" that sentencepiece puts
-        before text of its own (a grammar engine tokenizes the parts a grammar forces with it)."""
+        """Ids that spell exactly `text` as it continues other text (`token_bytes`' spelling),
+        without the "▁" that sentencepiece puts before text of its own: a grammar engine
+        tokenizes the parts a grammar forces with it, and takes their ids to spell those bytes.
+        (Text that starts with whitespace too: " " is "▁▁" and "\n" is "▁" "\n" to encode().)"""
         ids = self.encode(text)
-        if not ids or text[:1].isspace():
+        spelled = self._spelling
+        written = b"".join(spelled[i] or b"" for i in ids if i < len(spelled))
+        if written == text.encode():
             return ids
-        first = self.sp.id_to_piece(ids[0])
-        if first == "\u2581":
-            return ids[1:]
-        if first.startswith("\u2581"):
+        if ids and written == b" " + text.encode():
+            first = self.sp.id_to_piece(ids[0])
+            if first == "\u2581":
+                return ids[1:]
             rest = self.sp.piece_to_id(first[1:])
-            if rest == self.sp.unk_id():  # no piece without the space: its bytes' pieces
-                return [self.sp.piece_to_id(f"<0x{b:02X}>") for b in first[1:].encode()] + ids[1:]
-            return [rest] + ids[1:]
-        return ids
+            if rest != self.sp.unk_id():
+                return [rest] + ids[1:]
+        # The normalizer changed the text (v1's collapses runs of spaces): piece by character.
+        return self._by_character(text) or ids
+
+    def _by_character(self, text: str) -> list[int] | None:
+        out = []
+        for char in text:
+            piece = self.sp.piece_to_id("\u2581" if char == " " else char)
+            if piece != self.sp.unk_id() and not self.sp.is_control(piece):
+                out.append(piece)
+                continue
+            pieces = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in char.encode()]
+            if self.sp.unk_id() in pieces:
+                return None
+            out += pieces
+        return out
+
+    @functools.cached_property
+    def _spelling(self) -> list[bytes | None]:
+        return self.token_bytes()
 
     def token_bytes(self) -> list[bytes | None]:
         """The UTF-8 bytes each id spells in an answer, for a grammar engine's vocabulary

@@ -34,6 +34,7 @@ def message_data(message: Message) -> dict:
         "content": message.content,
         "tool_calls": message.tool_calls,  # an assistant's calls: [{"id", "name", "arguments"}]
         "tool_call_id": message.tool_call_id,  # a tool result's call
+        "tool_name": message.tool_name,  # a tool result's function
         "finish_reason": message.finish_reason,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,

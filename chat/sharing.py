@@ -30,7 +30,7 @@ def create_share(owner: Owner, conversation_id: uuid.UUID) -> Share:
         conversation = Conversation.objects.owned_by(owner).select_for_update().filter(pk=conversation_id).first()
         if conversation is None:
             raise not_found()
-        path = [m for m in tree.current_path(conversation) if m.role in (Role.USER, Role.ASSISTANT)]
+        path = [m for m in tree.current_path(conversation) if m.role in (Role.USER, Role.ASSISTANT, Role.TOOL)]
         if not path:
             raise ChatError("There is nothing to share yet: ask something first.", status=400,
                             type="invalid_request_error", param="conversation_id", code="empty_conversation")
@@ -39,8 +39,18 @@ def create_share(owner: Owner, conversation_id: uuid.UUID) -> Share:
                             status=409, type="invalid_request_error", code="too_many_shares")
         return Share.objects.create(
             conversation=conversation, title=conversation.title, model=conversation.model,
-            messages=[{"role": m.role, "content": m.content, "finish_reason": m.finish_reason} for m in path],
+            messages=[snapshot_of(m) for m in path],
         )
+
+
+def snapshot_of(message) -> dict:
+    """A message as a share keeps it; tool steps keep what the shared page shows of them."""
+    data = {"role": message.role, "content": message.content, "finish_reason": message.finish_reason}
+    if message.tool_calls:
+        data["tool_calls"] = [{"name": c["name"], "arguments": c["arguments"]} for c in message.tool_calls]
+    if message.role == Role.TOOL:
+        data["tool_name"] = message.tool_name
+    return data
 
 
 def shares_of(owner: Owner, conversation_id: uuid.UUID) -> list[Share]:

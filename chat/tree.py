@@ -77,3 +77,25 @@ def pairs(path: Iterable[Message]) -> list[tuple[str, str | list[dict]]]:
                 result.append((question, answer))
             question = None
     return result
+
+
+def final_text(answer: str | list[dict]) -> str:
+    """An answer as text: a tool-using answer is its final message's (what the seed API shows)."""
+    return answer if isinstance(answer, str) else answer[-1]["content"]
+
+
+def as_plain_text(answer: str | list[dict]) -> str:
+    """A tool-using answer written out as one text, for a model without a tool-calling format:
+    each call as `[called NAME(ARGUMENTS)]`, each result as `[NAME returned: RESULT]`, then
+    the final answer, one per line."""
+    if isinstance(answer, str):
+        return answer
+    lines = []
+    for step in answer:
+        if step["role"] == "tool":
+            lines.append(f"[{step['name']} returned: {step['content']}]")
+            continue
+        if step["content"]:
+            lines.append(step["content"])
+        lines += [f"[called {call['name']}({call['arguments']})]" for call in step.get("tool_calls") or ()]
+    return "\n".join(lines)

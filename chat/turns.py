@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from . import selectors, services, throttle
+from . import selectors, services, throttle, tree
 from .engine import (
     EngineOverloaded,
     EngineUnavailable,
@@ -408,6 +408,7 @@ def clear_engine_cache() -> None:
 async def measure_context(system_prompt: str, pairs: list[Pair], params: GenerationParams) -> dict:
     """How much of the context the next turn after `pairs` would use (tokenized off the event loop)."""
     engine = await ready_engine()
+    pairs = readable_history(engine, pairs)
 
     def measure():
         whole = engine.count_prompt_tokens(to_messages(system_prompt, pairs, ""))
@@ -458,8 +459,8 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
     """Fit the prompt, admit it to the engine and save the question: the claimed part of a start."""
     system_prompt = inp.system_prompt if inp.system_prompt is not None else (conversation.system_prompt if conversation else "")
     # Tokenizing a long history takes a while: off the event loop, which serves every stream.
-    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, history, inp.query, inp.params,
-                                                  inp.tools, inp.steps)
+    messages, truncated = await asyncio.to_thread(fit_history, engine, system_prompt, readable_history(engine, history),
+                                                  inp.query, inp.params, inp.tools, inp.steps)
     try:
         request = engine.submit(messages, inp.params, owner=throttle.queue_owner(inp.owner))
     except EngineOverloaded as exc:
@@ -480,6 +481,18 @@ async def _begin(engine, inp: TurnInput, conversation, history: list[Pair], clai
         claim.hold(turn.conversation_id)
         _live_turns[turn.conversation_id] = turn
     return turn
+
+
+def readable_history(engine, history: list[Pair]) -> list[Pair]:
+    """The history as this model can read it: earlier tool steps as they were for a backend
+    with a tool-calling format, else written out as plain text in their answers (a turn on a
+    tool conversation continued by the seed API, the page or /v1/responses must not fail
+    because its model cannot take `tool` messages)."""
+    if all(isinstance(answer, str) for _, answer in history):
+        return history
+    if engine.backend.tools_refusal([{"role": "system", "content": "", "tools": []}], GenerationParams()) is None:
+        return history
+    return [(question, tree.as_plain_text(answer)) for question, answer in history]
 
 
 def fit_history(engine, system_prompt: str, history: list[Pair], query: str, params: GenerationParams,

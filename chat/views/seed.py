@@ -11,7 +11,7 @@ from django.http import JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import live, params
+from .. import live, params, tree
 from ..errors import ChatError, generation_error, invalid
 from ..turns import Protocol, TurnDone, TurnInput, clear_engine_cache, start_turn
 from . import sse
@@ -62,6 +62,9 @@ async def _start(request):
 
 def final_fields(seed: SeedTurn, turn, done: TurnDone) -> dict:
     history = seed.history if seed.input.conversation_id is None else turn.history
+    # A stored answer that went through tool calls is shown as its final text: the demo's
+    # clients read every answer as a string (docs/tools.md).
+    history = [(question, tree.final_text(answer)) for question, answer in history]
     return {
         "query": turn.query,
         "response": done.result.text,

@@ -417,7 +417,7 @@ async function ask(question, branch = null) {
 /** A new answer to the same question, kept beside the others ('‹ 1/2 ›'). */
 function regenerate(view) {
   if (state.live) return;
-  const questionId = view.message?.parent_id;
+  const questionId = view.questionId ?? view.message?.parent_id;
   if (questionId == null || !state.conversationId) {
     if (view.question) ask(view.question); // an answer not saved yet: ask again
     return;

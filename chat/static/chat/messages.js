@@ -47,6 +47,29 @@ export function answerShell(...parts) {
   );
 }
 
+/**
+ * The nodes of an answer's tool step: an assistant message's calls (with any text it wrote
+ * first) or a tool's result. Model and tool text is set as text, never parsed as HTML.
+ */
+export function toolStepNodes(message) {
+  if (message.role === "tool") {
+    return [el("details", { class: "tool-step tool-result" },
+      el("summary", { text: `${message.tool_name || "tool"} result` }),
+      el("pre", { text: message.content || "" }))];
+  }
+  const nodes = message.content ? [el("p", { class: "tool-step tool-text", text: message.content })] : [];
+  for (const call of message.tool_calls || []) {
+    nodes.push(el("div", { class: "tool-step tool-call" }, "called ",
+      el("code", { text: `${call.name}(${call.arguments})` })));
+  }
+  return nodes;
+}
+
+/** Whether `message` is a step of an answer that went on after it (its calls got results). */
+export function isToolStep(message, next) {
+  return message.role === "tool" || Boolean(message.tool_calls?.length && next?.role === "tool");
+}
+
 const FINISH_NOTES = {
   cancelled: "Stopped. The answer was cancelled before it was complete.",
   length: "The answer reached the maximum length.",
@@ -234,15 +257,25 @@ export class MessageLog {
     const scrollTop = this.scroller.scroller.scrollTop;
     this.clear();
     let question = "";
+    let questionId = null;
+    let steps = []; // the tool steps of the answer being drawn, shown above its text
     let pending = null;
     const messages = currentPath(conversation);
     const siblings = siblingsOf(conversation);
     messages.forEach((message, index) => {
-      if (message.role === "user") {
+      if (isToolStep(message, messages[index + 1])) {
+        steps.push(...toolStepNodes(message));
+      } else if (message.role === "user") {
         question = message.content;
+        questionId = message.id;
+        steps = [];
         this.append(this.question(message.content, message, siblings.get(message.id)));
       } else if (message.role === "assistant") {
         const view = this.answer(question, message, siblings.get(message.id));
+        // After tool steps its parent is a tool result: "regenerate" answers the question again.
+        view.questionId = questionId;
+        view.body.before(...steps, ...(message.tool_calls?.length ? toolStepNodes(message) : []));
+        steps = [];
         view.truncated(message.history_truncated);
         this.append(view.node);
         const last = index === messages.length - 1;

@@ -3,7 +3,7 @@
 // sanitizing Markdown renderer as the chat page. No composer, no sidebar, no session.
 
 import { el } from "./dom.js";
-import { answerShell, userBubble } from "./messages.js";
+import { answerShell, isToolStep, toolStepNodes, userBubble } from "./messages.js";
 import { handleCopyClicks, renderInto } from "./render.js";
 
 const data = JSON.parse(document.getElementById("share-data").textContent);
@@ -14,14 +14,19 @@ const about = [data.model && `Model: ${data.model}`, `Shared ${new Date(data.cre
 document.getElementById("share-about").textContent = about.join(" · ");
 document.title = `${data.title || "Shared conversation"} · ChatGLM`;
 
-for (const message of data.messages) {
-  if (message.role === "user") {
+let steps = []; // an answer's tool steps, shown above its text
+data.messages.forEach((message, index) => {
+  if (isToolStep(message, data.messages[index + 1])) {
+    steps.push(...toolStepNodes(message));
+  } else if (message.role === "user") {
     messages.append(userBubble(message.content));
+    steps = [];
   } else {
     const body = el("div", { class: "md" });
     renderInto(body, message.content || "");
-    messages.append(answerShell(body));
+    messages.append(answerShell(...steps, ...(message.tool_calls?.length ? toolStepNodes(message) : []), body));
+    steps = [];
   }
-}
+});
 handleCopyClicks(messages);
 document.body.dataset.ready = "true";

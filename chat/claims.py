@@ -19,10 +19,11 @@ that, and a turn that ends releases its holds at once.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
+
+from django.conf import settings
 
 from .errors import ChatError
 
@@ -140,7 +141,7 @@ _shared_lock = threading.Lock()
 def shared_claims() -> SharedClaims | None:
     """The Redis claims when REDIS_URL is set; None: the process's own counts are the whole truth."""
     global _shared
-    url = os.environ.get("REDIS_URL", "").strip()
+    url = settings.CHATGLM["REDIS_URL"]
     if not url:
         return None
     with _shared_lock:

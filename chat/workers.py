@@ -229,7 +229,7 @@ def supervise(out, host: str, port: int, workers: int, config) -> None:
 
     if ":" in host:
         raise RuntimeError("--workers listens on an IPv4 address (--host 0.0.0.0 or 127.0.0.1)")
-    if not os.environ.get("REDIS_URL", "").strip():
+    if not settings.CHATGLM["REDIS_URL"]:
         raise RuntimeError(
             "--workers needs REDIS_URL: live sync, re-attaching to answers and the running-answer "
             "limits are shared between the workers through Redis")

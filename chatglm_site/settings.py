@@ -246,7 +246,7 @@ CHATGLM.update({
     "MAX_SOCKETS_PER_SESSION": env_int("CHATGLM_MAX_SOCKETS_PER_SESSION", 8),
     "MAX_SOCKETS_PER_IP": env_int("CHATGLM_MAX_SOCKETS_PER_IP", 64),
     "THROTTLE_EXEMPT": env_list("CHATGLM_THROTTLE_EXEMPT", "127.0.0.0/8,::1"),
-    "REDIS_URL": os.environ.get("REDIS_URL", ""),  # rate limits shared by every process
+    "REDIS_URL": os.environ.get("REDIS_URL", "").strip(),  # rate limits shared by every process
     "ADMIN_SEARCH_SECONDS": float(os.environ.get("CHATGLM_ADMIN_SEARCH_SECONDS", "10")),
 })
 

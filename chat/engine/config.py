@@ -21,24 +21,16 @@ class ConfigError(ValueError):
     """A setting has a value the engine cannot use; the message names it."""
 
 
-def _int(name: str, default: int | None) -> int | None:
+def _number(name: str, default, kind=int):
+    """The variable `name` as an int (or `kind`); `default` when unset or blank."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, not {raw!r}") from None
 
 
 def _data_dir() -> Path:
@@ -80,19 +72,19 @@ class EngineConfig:
         config = cls(
             model=os.environ.get("CHATGLM_MODEL", "").strip() or DEFAULT_MODEL,
             backend=os.environ.get("CHATGLM_BACKEND", "").strip().lower() or "auto",
-            device=_int("CHATGLM_DEVICE", -1),
-            quantize=_int("CHATGLM_QUANTIZE", 16),
+            device=_number("CHATGLM_DEVICE", -1),
+            quantize=_number("CHATGLM_QUANTIZE", 16),
             upstream_url=os.environ.get("CHATGLM_UPSTREAM_URL", "").strip(),
             upstream_api_key=os.environ.get("CHATGLM_UPSTREAM_API_KEY", "").strip(),
             upstream_model=os.environ.get("CHATGLM_UPSTREAM_MODEL", "").strip(),
-            max_queue=_int("CHATGLM_MAX_QUEUE", 64),
-            max_queued_per_client=_int("CHATGLM_MAX_QUEUED_PER_CLIENT", None),
-            max_batch_size=_int("CHATGLM_MAX_BATCH", 8),
+            max_queue=_number("CHATGLM_MAX_QUEUE", 64),
+            max_queued_per_client=_number("CHATGLM_MAX_QUEUED_PER_CLIENT", None),
+            max_batch_size=_number("CHATGLM_MAX_BATCH", 8),
             cache_dir=Path(os.environ.get("CHATGLM_CACHE_DIR", "").strip() or _data_dir() / "models"),
-            context=_int("CHATGLM_CONTEXT", 0),
+            context=_number("CHATGLM_CONTEXT", 0),
             llamacpp_api_key=os.environ.get("CHATGLM_LLAMACPP_API_KEY", ""),
-            fake_delay_ms=_float("CHATGLM_FAKE_DELAY_MS", 0.0),
-            fake_context=_int("CHATGLM_FAKE_CONTEXT", 4096),
+            fake_delay_ms=_number("CHATGLM_FAKE_DELAY_MS", 0.0, float),
+            fake_context=_number("CHATGLM_FAKE_CONTEXT", 4096),
         )
         config.validate()
         return config

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from chat.engine.backends.transformers import glm4_messages
+import copy
+
+from chat.engine.backends.transformers import glm4_messages, tool_template_style, with_tools
 from chat.engine.networks.chatglm_tokenizer import load_tokenizer
 from chat.engine.tools import (CHATGLM3_TOOLS_PROMPT, SEGMENT, chatglm3_messages, chatglm3_parser, glm4_parser,
                                python_arguments)
@@ -99,3 +101,39 @@ def test_glm4_template_messages():
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
                         {"role": "assistant", "metadata": "get_weather", "content": CALL["arguments"]},
                         {"role": "observation", "content": '{"temperature": 22}'}]
+
+
+# Chat templates in the two ways GLM-4 checkpoints take tools (written for these tests, with the
+# mechanics of the published ones): glm-4-9b-chat's own reads a `tools` key on a message
+# (`item['tools']`) and writes an earlier call as `<|assistant|>NAME` + JSON arguments; the
+# -hf ones take apply_chat_template's `tools` argument.
+MESSAGE_STYLE = (
+    "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n# 可用工具"
+    "{% for tool in item['tools'] %}\n\n## {{ tool['function']['name'] }}\n\n{{ tool['function'] | tojson }}"
+    "{% endfor %}{% endif %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item.get('metadata', '') }}\n"
+    "{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+ARGUMENT_STYLE = (
+    "[gMASK]<sop>{% if tools %}<|system|>\n# 可用工具{% for tool in tools %}\n\n## {{ tool['function']['name'] }}"
+    "{% endfor %}{% endif %}{% for item in messages %}<|{{ item['role'] }}|>\n{{ item['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+NO_TOOLS = "{% for item in messages %}<|{{ item['role'] }}|>\n{{ item['content'] }}{% endfor %}<|assistant|>"
+
+
+@pytest.mark.parametrize("template,style", [(MESSAGE_STYLE, "message"), (ARGUMENT_STYLE, "argument"), (NO_TOOLS, None)])
+def test_the_template_is_probed_for_where_it_reads_tools(smol_tokenizer, template, style):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = template
+    assert tool_template_style(tokenizer) == style
+
+
+def test_a_glm4_conversation_with_tools_through_its_own_template(smol_tokenizer):
+    """Tools on the system message, the call as `<|assistant|>get_weather` + its arguments, the
+    result as `<|observation|>`: the tools reach a template that reads them from a message."""
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = MESSAGE_STYLE
+    messages, extra = with_tools(*glm4_messages(CONVERSATION), tool_template_style(tokenizer))
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+    assert text.count("## get_weather") == 1
+    assert "<|system|>\nBe brief." in text
+    assert f"<|assistant|>get_weather\n{CALL['arguments']}" in text
+    assert text.endswith('<|observation|>\n{"temperature": 22}<|assistant|>')

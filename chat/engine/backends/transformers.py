@@ -52,6 +52,7 @@ class TransformersBackend(Backend):
         self._vocabulary = grammar.LazyVocabulary(
             lambda width: grammar.Vocabulary.of_hf(self.tokenizer, width, self.eos_ids))
         self._control_tokens = None
+        self._tools_style: str | None | object = MISSING  # tool_template_style(), once known
         self.eos_ids: set[int] = set()
         self.sampling_defaults = SamplingConfig()
         self.model_id = ""
@@ -147,18 +148,22 @@ class TransformersBackend(Backend):
         if self._control_tokens is None:  # a user's "<|im_end|>" is text, not the token
             self._control_tokens = control_tokens.of_tokenizer(self.tokenizer)
         messages, tools = glm4_messages(messages)
-        messages = self._control_tokens.defuse_messages(messages)
-        extra = {"tools": tools} if tools else {}
+        messages, extra = with_tools(self._control_tokens.defuse_messages(messages), tools, self._tool_style())
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def _tool_style(self) -> str | None:
+        if self._tools_style is MISSING:
+            self._tools_style = tool_template_style(self.tokenizer)
+        return self._tools_style
 
     def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return len(self._prompt_ids(messages))
 
     def _glm4_tools(self) -> bool:
-        """GLM-4 checkpoints whose chat template renders `tools` (its `NAME\n{arguments}` calls)."""
+        """GLM-4 checkpoints whose chat template renders tools (its `NAME\n{arguments}` calls)."""
         model_type = getattr(self.model.config, "model_type", "")
-        return model_type in ("glm", "glm4", "chatglm") and "tools" in (self.tokenizer.chat_template or "")
+        return model_type in ("glm", "glm4", "chatglm") and self._tool_style() is not None
 
     def tools_refusal(self, messages: list[ChatMessage], params: GenerationParams) -> str | None:
         if not self._glm4_tools():
@@ -237,9 +242,42 @@ class TransformersBackend(Backend):
         return out.logits[:, -1, :], _KV(self.model, out.cache, mask, positions[:, -1:])
 
 
+MISSING = object()
+PROBE_TOOL = "probe_tool_7f3a"  # a name no template writes by itself
+
+
+def tool_template_style(tokenizer) -> str | None:
+    """How a chat template takes tools, found by rendering one (as llama.cpp probes a template):
+    "argument" (the `tools` argument of apply_chat_template, as the -hf templates), "message"
+    (a `tools` key on a message, as glm-4-9b-chat's own template reads `item['tools']`), or
+    None: it renders none, so the model has no tool format here."""
+    tools = [{"type": "function", "function": {"name": PROBE_TOOL, "parameters": {"type": "object"}}}]
+    user = [{"role": "user", "content": "hi"}]
+    for style in ("argument", "message"):
+        messages, extra = with_tools(user, tools, style)
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+        except Exception:  # noqa: BLE001 - a template that cannot take tools this way
+            continue
+        if PROBE_TOOL in text:
+            return style
+    return None
+
+
+def with_tools(messages: list[dict], tools: list[dict], style: str | None) -> tuple[list[dict], dict]:
+    """`messages` and apply_chat_template's extra arguments, with `tools` where the template reads them."""
+    if not tools or style is None:
+        return messages, {}
+    if style == "argument":
+        return messages, {"tools": tools}
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "tools": tools}, *messages[1:]], {}
+    return [{"role": "system", "content": "", "tools": tools}, *messages], {}
+
+
 def glm4_messages(messages: list[ChatMessage]) -> tuple[list[dict], list[dict]]:
-    """(messages, tools) as GLM-4's chat template reads them: the tools apart, in OpenAI's
-    shape (the template's `tools` argument); an earlier call an assistant message whose
+    """(messages, tools) as GLM-4's chat templates read them: the tools apart, in OpenAI's
+    shape (`with_tools` puts them where the template reads them); an earlier call an assistant message whose
     metadata is the function's name and whose content is the JSON arguments; a tool's result
     an `observation` message."""
     out, tools = [], []

@@ -148,7 +148,8 @@ class TransformersBackend(Backend):
         if self._control_tokens is None:  # a user's "<|im_end|>" is text, not the token
             self._control_tokens = control_tokens.of_tokenizer(self.tokenizer)
         messages, tools = glm4_messages(messages)
-        messages, extra = with_tools(self._control_tokens.defuse_messages(messages), tools, self._tool_style())
+        messages = self._control_tokens.defuse_messages(messages)
+        messages, extra = with_tools(messages, tools, self._tool_style() if tools else None)  # probed once, when needed
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
